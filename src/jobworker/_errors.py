@@ -1,0 +1,71 @@
+"""The exception tree.  Users catch ``JobworkerError``, or one precise leaf::
+
+    JobworkerError
+    ├── InvalidCommand        (also ValueError)  the Command itself is malformed
+    ├── StartError            (also OSError)     the command could not be executed
+    │   └── CommandNotFound                      no such executable
+    ├── LimitError            (also ValueError)  a limit is malformed or not enforceable here
+    ├── JobNotFound           (also LookupError) no such job *for this owner*
+    ├── JobNotRunning                            stop of a job that has already ended
+    ├── LogUnavailable                           the job's log is gone (retention, deletion)
+    └── WorkerClosed                             the worker has been closed
+
+A job owned by someone else raises ``JobNotFound`` with exactly the message an unknown
+id gets, so that ownership cannot be probed.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+__all__ = [
+    "CommandNotFound",
+    "InvalidCommand",
+    "JobNotFound",
+    "JobNotRunning",
+    "JobworkerError",
+    "LimitError",
+    "LogUnavailable",
+    "StartError",
+    "WorkerClosed",
+]
+
+
+class JobworkerError(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class InvalidCommand(JobworkerError, ValueError):
+    """The command is malformed (empty name, NUL byte, ...)."""
+
+
+class StartError(JobworkerError, OSError):
+    """The command could not be executed; ``errno`` says why."""
+
+
+class CommandNotFound(StartError):
+    """No executable of that name."""
+
+
+class LimitError(JobworkerError, ValueError):
+    """A limit is malformed, or this machine cannot enforce it."""
+
+
+class JobNotFound(JobworkerError, LookupError):
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(f"no such job: {job_id}")
+        self.job_id = job_id
+
+
+class JobNotRunning(JobworkerError):
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(f"job {job_id} has already ended")
+        self.job_id = job_id
+
+
+class LogUnavailable(JobworkerError):
+    """The job exists but its log file can no longer be opened."""
+
+
+class WorkerClosed(JobworkerError):
+    """The worker was closed; it starts no jobs and answers no queries."""

@@ -1,0 +1,157 @@
+"""The seed's data model: Command, Status, StopType, JobInfo, plus Limits and Usage.
+
+Everything here is an immutable value.  The live, mutable side of a job lives in
+``_job.py``; a ``JobInfo`` is a snapshot of it taken under the job's lock.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Command", "JobInfo", "Limits", "State", "Status", "StopType", "Usage"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """What to run: an executable ``name`` and its ``args``, never a shell string.
+
+    ``name`` is looked up in ``PATH`` (of the job's environment) unless it contains a
+    ``/``.  ``env`` entries override or extend the inherited environment (a value of
+    ``None`` removes the variable); ``cwd`` replaces the inherited working directory.
+    """
+
+    name: str
+    args: Sequence[str] = ()
+    env: Mapping[str, str | None] | None = None
+    cwd: str | None = None
+
+    def __post_init__(self) -> None:
+        # Freeze the sequences so a Command can be shared between threads safely.
+        object.__setattr__(self, "args", tuple(self.args))
+        if self.env is not None:
+            object.__setattr__(self, "env", dict(self.env))
+
+    @property
+    def argv(self) -> list[str]:
+        return [self.name, *self.args]
+
+
+class StopType(enum.Enum):
+    """How a stop requested through the worker ended the job."""
+
+    TERM = "term"
+    KILL = "kill"
+
+
+class State(enum.Enum):
+    UNKNOWN = "unknown"
+    RUNNING = "running"
+    EXITED = "exited"
+    STOPPED = "stopped"
+    SIGNALED = "signaled"
+
+
+@dataclass(frozen=True)
+class Status:
+    """The seed's Status enum, with data.
+
+    - ``RUNNING``: the job has not ended (its output may still be draining).
+    - ``EXITED``: the main process exited by itself; ``exit_code`` is its code.
+    - ``STOPPED``: ended because of ``Worker.stop``; ``stop_type`` says whether it went
+      within the grace period (TERM) or had to be killed (KILL).
+    - ``SIGNALED``: killed by a signal the worker did not send (``signal``);
+      ``oom_killed`` is set when the kernel's OOM killer did it.
+    """
+
+    state: State
+    exit_code: int | None = None
+    stop_type: StopType | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+
+    @classmethod
+    def running(cls) -> Status:
+        return cls(State.RUNNING)
+
+    @classmethod
+    def exited(cls, code: int | None) -> Status:
+        return cls(State.EXITED, exit_code=code)
+
+    @classmethod
+    def stopped(cls, how: StopType) -> Status:
+        return cls(State.STOPPED, stop_type=how)
+
+    @classmethod
+    def signaled(cls, signal: int, *, oom_killed: bool = False) -> Status:
+        return cls(State.SIGNALED, signal=signal, oom_killed=oom_killed)
+
+    @property
+    def ended(self) -> bool:
+        return self.state not in (State.RUNNING, State.UNKNOWN)
+
+    def __str__(self) -> str:
+        if self.state is State.EXITED:
+            return f"exited({self.exit_code})"
+        if self.state is State.STOPPED:
+            assert self.stop_type is not None
+            return f"stopped({self.stop_type.name})"
+        if self.state is State.SIGNALED:
+            return f"signaled({self.signal}{', oom' if self.oom_killed else ''})"
+        return self.state.value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-job resource limits; ``None`` means unlimited.
+
+    - ``cpu``: cores' worth of CPU time (0.5 = half of one core), as quota per period.
+    - ``memory``: hard limit in bytes; exceeding it gets the job OOM-killed.
+    - ``io_read_bps`` / ``io_write_bps``: bytes per second on the block device that
+      holds ``io_path`` (required when either is set).
+    - ``pids``: maximum number of tasks in the job.
+    """
+
+    cpu: float | None = None
+    memory: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    io_path: str | None = None
+    pids: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(
+            v is None
+            for v in (self.cpu, self.memory, self.io_read_bps, self.io_write_bps, self.pids)
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resource accounting of a job's cgroup; ``None`` where this machine cannot tell."""
+
+    cpu_seconds: float | None = None
+    memory_peak: int | None = None
+    cpu_throttled: int | None = None  # periods in which the CPU quota was exhausted
+    oom_kills: int | None = None
+    pids_limit_hits: int | None = None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """Snapshot of a job, as returned by ``query`` and ``list``."""
+
+    id: uuid.UUID
+    command: Command
+    pid: int
+    owner_id: uuid.UUID
+    status: Status
+    log_path: Path
+    started_at: float  # time.time() of the start
+    ended_at: float | None  # time.time() when the job counted as ended
+    limits: Limits = field(default_factory=Limits)
+    usage: Usage = field(default_factory=Usage)

@@ -1,0 +1,93 @@
+"""Resource control: one interface, one implementation per cgroup layout.
+
+The contract, stated once here (implementations live beside this file):
+
+- ``detect()`` inspects ``/proc/self/cgroup`` and the cgroup mounts and returns the
+  ``ResourceControl`` that fits this machine: ``cgroup2`` (pure v2, what most users run),
+  ``cgroup1`` (v1 controllers, optionally with a controller-less cgroup2 mount such as
+  ``/sys/fs/cgroup/unified`` that supplies ``cgroup.kill`` and ``cgroup.events``), or
+  ``none`` where no cgroup can be written (not root, no delegation).
+- Job cgroups live under a per-worker parent cgroup created *below the cgroup this
+  process already belongs to*, never by moving a process.  A parent whose worker is gone
+  (it crashed) is killed and removed by the next worker's ``detect``/first ``create``.
+- ``ResourceControl.create(job_id, limits)`` makes the job's cgroup(s) and writes the
+  limits.  It raises ``LimitError`` for a limit this machine cannot enforce, and leaves
+  nothing behind when it raises.
+- ``JobGroup.procs_files`` are absolute paths of ``cgroup.procs`` files.  The spawned
+  child writes ``"0"`` (itself) into each, in order, *before* it executes the user's
+  program; so the program's first instruction already runs inside every cgroup.
+- ``JobGroup.kill()`` sends SIGKILL to every process in the job's cgroup, including ones
+  that left the process group (``setsid``, double fork).  It is idempotent.
+- ``JobGroup.populated()`` is True while any process is left in the cgroup;
+  ``JobGroup.events_file`` (if not None) is a file that becomes ``EPOLLPRI``-ready when
+  that may have changed, so the caller can wait without polling.
+- ``JobGroup.remove()`` removes every directory ``create`` made; the caller calls it only
+  after ``populated()`` turned False.  It is idempotent.
+- ``ResourceControl.close()`` removes the worker's parent cgroup(s).
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Sequence
+
+from .._model import Limits, Usage
+
+__all__ = ["JobGroup", "ResourceControl"]
+
+
+class JobGroup(abc.ABC):
+    """One job's cgroup(s)."""
+
+    @property
+    @abc.abstractmethod
+    def procs_files(self) -> Sequence[str]:
+        """``cgroup.procs`` files the child joins (writes "0" into) before exec."""
+
+    @property
+    @abc.abstractmethod
+    def events_file(self) -> str | None:
+        """A file that turns EPOLLPRI-ready when ``populated()`` may have changed."""
+
+    @abc.abstractmethod
+    def populated(self) -> bool:
+        """Whether any process is left in the job's cgroup."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """SIGKILL every process in the cgroup (idempotent)."""
+
+    @abc.abstractmethod
+    def usage(self) -> Usage:
+        """CPU time, peak memory and limit hits, as the kernel accounts them."""
+
+    @abc.abstractmethod
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of this job."""
+
+    @abc.abstractmethod
+    def remove(self) -> None:
+        """Remove the job's cgroup directories (idempotent; only once unpopulated)."""
+
+
+class ResourceControl(abc.ABC):
+    """How this machine limits and contains jobs."""
+
+    name: str
+    """``"cgroup2"``, ``"cgroup1"`` or ``"none"``."""
+
+    contains: bool
+    """Whether ``JobGroup.kill`` reaches processes that left the job's process group."""
+
+    @abc.abstractmethod
+    def validate(self, limits: Limits) -> None:
+        """Raise ``LimitError`` if ``limits`` is malformed or cannot be enforced here."""
+
+    @abc.abstractmethod
+    def create(self, job_id: uuid.UUID, limits: Limits) -> JobGroup:
+        """Make the job's cgroup(s) with ``limits`` written; nothing is left on error."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Remove this worker's parent cgroup(s); every job group is removed already."""
