@@ -42,6 +42,9 @@ class InvalidCommand(JobworkerError, ValueError):
 class StartError(JobworkerError, OSError):
     """The command could not be executed; ``errno`` says why."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 class CommandNotFound(StartError):
     """No executable of that name."""

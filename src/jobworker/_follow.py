@@ -1,0 +1,168 @@
+"""Following a job's output: readers of its log that wait at EOF for more.
+
+A reader owns one file descriptor on the log and nothing else.  At end of file it
+compares its position with the job's count of bytes written; only if it has everything
+and the job has not ended does it hand the job a one-shot waiter, which the reactor calls
+right after the next splice (or at the end).  So a reader is woken directly by the
+writer, never polls, and costs the job nothing while it is not waiting.  A slow reader
+only falls behind in the file; the job and the other readers never wait for it.
+
+EOF is reported only once the job has ended *and* the reader has read every byte the
+job's log received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+
+from ._errors import LogUnavailable
+from ._job import Job
+
+__all__ = ["AsyncLogReader", "LogReader"]
+
+CHUNK = 1 << 16
+
+
+def _open_log(job: Job) -> int:
+    try:
+        fd = os.open(job.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise LogUnavailable(f"log of job {job.id} is unavailable: {e.strerror}") from None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != job.log_identity:
+        # The name now points at another file (deleted and recreated): not our log.
+        os.close(fd)
+        raise LogUnavailable(f"log of job {job.id} is unavailable: it was replaced")
+    return fd
+
+
+class _ReaderBase:
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._fd = _open_log(job)
+        self._pos = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def _read_now(self, size: int) -> bytes | None:
+        """Bytes available now; b"" at the real end; None if the caller must wait."""
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed reader")
+        # Look at the count before reading, so bytes counted are bytes readable.
+        ended = self._job.ended.is_set()
+        available = self._job.written - self._pos
+        if available <= 0:
+            return b"" if ended else None
+        data = os.pread(self._fd, min(size, available), self._pos)
+        self._pos += len(data)
+        return data
+
+    def _release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LogReader(_ReaderBase):
+    """A blocking, binary reader of a job's output from its first byte."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job)
+        self._wake = threading.Event()
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all until the end if negative); b"" only at the end."""
+        if size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        if size == 0:
+            return b""
+        while True:
+            data = self._read_now(size)
+            if data is not None:
+                return data
+            self._wake.clear()
+            if self._job.wait_for_more(self._pos, self._wake.set):
+                self._wake.wait()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(lambda: self.read(CHUNK), b"")
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        self._job.forget(self._wake.set)
+        self._release()
+        self._wake.set()
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncLogReader(_ReaderBase):
+    """The asyncio face of ``LogReader``: ``await read()`` and ``async for chunk in``."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job)
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        # Called on the reactor thread.
+        fut = self._future
+        if fut is not None:
+            self._loop.call_soon_threadsafe(_resolve, fut)
+
+    async def read(self, size: int = CHUNK) -> bytes:
+        """Up to ``size`` bytes as soon as there are any; b"" only at the end."""
+        if size <= 0:
+            raise ValueError("size must be positive")
+        while True:
+            data = self._read_now(size)
+            if data is not None:
+                return data
+            self._future = self._loop.create_future()
+            if self._job.wait_for_more(self._pos, self._wake):
+                try:
+                    await self._future
+                finally:
+                    self._job.forget(self._wake)
+            self._future = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read():
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._job.forget(self._wake)
+        self._release()
+
+    async def __aenter__(self) -> AsyncLogReader:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

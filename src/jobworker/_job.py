@@ -1,0 +1,297 @@
+"""One job's life, from spawn to the moment it counts as ended.
+
+A job *ends* when all of these hold, in this order of events:
+
+1. its main process has exited (pidfd readable) and been reaped;
+2. whatever it left behind has been killed: its process group while the leader is still
+   an unreaped zombie (so the group id cannot have been reused), and its cgroup, which
+   also reaches processes that left the group;
+3. the output pipe reported EOF, i.e. every process that could write has gone, and
+   every byte it wrote is in the log;
+4. the job's cgroup is empty (``cgroup.events``), and then removed.
+
+Only then are status and ``ended_at`` set and readers told, so a reader that sees the
+end has seen every byte.  All of this runs on the reactor thread; ``lock`` guards only
+what other threads read (status, byte count, waiters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from ._capture import LogFile, OutputPipe
+from ._errors import JobNotRunning
+from ._model import Command, JobInfo, Limits, Status, StopType
+from ._process import Process
+from ._reactor import Reactor, Timer
+from ._rescontrol import JobGroup
+
+__all__ = ["Job"]
+
+log = logging.getLogger("jobworker")
+
+# How long a job's leftovers may keep its output pipe open after its main process
+# exited and they were killed.  Only processes that escaped both the process group and
+# the cgroup (or any process, without cgroups) can hold it that long.
+ORPHAN_GRACE = 2.0
+
+Waiter = Callable[[], None]
+
+
+class Job:
+    def __init__(
+        self,
+        job_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        command: Command,
+        limits: Limits,
+        process: Process,
+        pipe: OutputPipe,
+        logfile: LogFile,
+        group: JobGroup,
+        reactor: Reactor,
+    ) -> None:
+        self.id = job_id
+        self.owner_id = owner_id
+        self.command = command
+        self.limits = limits
+        self.pid = process.pid
+        assert logfile.path is not None
+        self.log_path = logfile.path
+        self.log_identity = logfile.identity
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self.status = Status.running()
+        self.lock = threading.Lock()
+        self.written = 0  # bytes in the log; readers trust it up to here
+        self.ended = threading.Event()
+        self._waiters: list[Waiter] = []  # one-shot: called on the next bytes or the end
+        self._end_waiters: list[Waiter] = []
+        self._process = process
+        self._pipe = pipe
+        self._log = logfile
+        self._group = group
+        self._reactor = reactor
+        self._stop: StopType | None = None  # set once a stop was requested
+        self._kill_timer: Timer | None = None
+        self._orphan_timer: Timer | None = None
+        self._exit: int | None = None  # code, or -signal
+        self._events_fd = -1
+        self._pipe_open = True
+        self._pipe_overflowed = False
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Start watching the job's pidfd and pipe (from any thread)."""
+        self._reactor.register(self._pipe.read_fd, select.EPOLLIN, self._on_output)
+        self._reactor.register(self._process.pidfd, select.EPOLLIN, self._on_exit)
+
+    # -- reader side (any thread) -------------------------------------------------------
+
+    def wait_for_more(self, seen: int, waiter: Waiter) -> bool:
+        """Register ``waiter`` unless bytes beyond ``seen`` or the end already came.
+
+        Returns True if the waiter was registered (the caller must wait for it).
+        """
+        with self.lock:
+            if self.written > seen or self.ended.is_set():
+                return False
+            self._waiters.append(waiter)
+            return True
+
+    def forget(self, waiter: Waiter) -> None:
+        with self.lock, contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def when_ended(self, waiter: Waiter) -> None:
+        """Call ``waiter`` (on the reactor thread, or now) once the job has ended."""
+        with self.lock:
+            if not self.ended.is_set():
+                self._end_waiters.append(waiter)
+                return
+        waiter()
+
+    def info(self) -> JobInfo:
+        with self.lock:
+            status, ended_at = self.status, self.ended_at
+        return JobInfo(
+            id=self.id,
+            command=self.command,
+            pid=self.pid,
+            owner_id=self.owner_id,
+            status=status,
+            log_path=self.log_path,
+            started_at=self.started_at,
+            ended_at=ended_at,
+            limits=self.limits,
+            usage=self._group.usage(),
+        )
+
+    # -- stop ---------------------------------------------------------------------------
+
+    def request_stop(self, grace: float) -> None:
+        """Ask for a stop (from any thread); raises if the main process already exited."""
+        with self.lock:
+            if self._exit is not None or self.ended.is_set():
+                raise JobNotRunning(self.id)
+        self._reactor.call_soon(lambda: self._begin_stop(grace))
+
+    def _begin_stop(self, grace: float) -> None:
+        if self._exit is not None:
+            return  # exited on its own meanwhile; its natural status stands
+        if self._stop is None:
+            self._stop = StopType.TERM
+            if grace > 0:
+                self._process.send(signal.SIGTERM, group=True)
+                self._kill_timer = self._reactor.call_later(grace, self._escalate)
+                return
+        if self._stop is StopType.TERM and grace <= 0:
+            self._escalate()
+
+    def _escalate(self) -> None:
+        if self._exit is not None:
+            return
+        self._stop = StopType.KILL
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self._kill_everything()
+
+    def _kill_everything(self) -> None:
+        self._process.send(signal.SIGKILL, group=True)
+        self._group.kill()
+
+    # -- reactor callbacks --------------------------------------------------------------
+
+    def _on_output(self, _mask: int) -> None:
+        if not self._pipe_open:
+            return
+        try:
+            moved, eof = self._pipe.drain_into(self._log.fd)
+        except OSError as e:
+            # The log cannot take more (disk full, ...).  Keep the job from blocking on
+            # a full pipe by discarding; the log says where it was cut.
+            if not self._pipe_overflowed:
+                log.error("jobworker: job %s: log write failed (%s); discarding", self.id, e)
+                self._pipe_overflowed = True
+            moved, eof = 0, self._discard()
+        waiters = self._advance(moved) if moved else []
+        for w in waiters:
+            w()
+        if eof:
+            self._close_pipe()
+            self._maybe_finish()
+
+    def _discard(self) -> bool:
+        try:
+            while os.read(self._pipe.read_fd, 1 << 16):
+                pass
+        except BlockingIOError:
+            return False
+        return True
+
+    def _advance(self, moved: int) -> list[Waiter]:
+        with self.lock:
+            self.written += moved
+            waiters, self._waiters = self._waiters, []
+        return waiters
+
+    def _on_exit(self, _mask: int) -> None:
+        if self._process.reaped:
+            return
+        # Still a zombie here: the group id is pinned, so killing the group is safe.
+        if os.waitid(os.P_PIDFD, self._process.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            return  # spurious
+        self._kill_everything()
+        self._reactor.unregister(self._process.pidfd)
+        code = self._process.reap()
+        with self.lock:
+            self._exit = code
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        if self._pipe_open or self._group_populated():
+            self._orphan_timer = self._reactor.call_later(ORPHAN_GRACE, self._abandon_orphans)
+        self._maybe_finish()
+
+    def _group_populated(self) -> bool:
+        if not self._group.populated():
+            return False
+        if self._events_fd < 0 and self._group.events_file is not None:
+            # Reading the file arms it: the next change makes it EPOLLPRI-ready.
+            self._events_fd = os.open(self._group.events_file, os.O_RDONLY | os.O_CLOEXEC)
+            os.read(self._events_fd, 4096)
+            self._reactor.register(self._events_fd, select.EPOLLPRI, self._on_group_event)
+        return self._group.populated()
+
+    def _on_group_event(self, _mask: int) -> None:
+        with contextlib.suppress(OSError):
+            os.pread(self._events_fd, 4096, 0)
+        self._maybe_finish()
+
+    def _abandon_orphans(self) -> None:
+        log.warning(
+            "jobworker: job %s: processes outside its %s still hold its output after %.0fs; "
+            "closing it",
+            self.id,
+            "process group" if not self._group.procs_files else "cgroup",
+            ORPHAN_GRACE,
+        )
+        if self._pipe_open:
+            self._on_output(0)  # whatever they wrote until now still counts
+            self._close_pipe()
+        self._finish()
+
+    def _close_pipe(self) -> None:
+        if self._pipe_open:
+            self._pipe_open = False
+            self._reactor.unregister(self._pipe.read_fd)
+            self._pipe.close()
+
+    def _maybe_finish(self) -> None:
+        if self._exit is None or self._pipe_open or self.ended.is_set():
+            return
+        if self._group_populated():
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.ended.is_set():
+            return
+        if self._orphan_timer is not None:
+            self._orphan_timer.cancel()
+        if self._events_fd >= 0:
+            self._reactor.unregister(self._events_fd)
+            os.close(self._events_fd)
+            self._events_fd = -1
+        self._log.close()
+        status = self._final_status()
+        try:
+            self._group.remove()
+        except OSError:
+            log.exception("jobworker: job %s: cannot remove its cgroup", self.id)
+        with self.lock:
+            self.status = status
+            self.ended_at = time.time()
+            self.ended.set()
+            waiters = self._waiters + self._end_waiters
+            self._waiters, self._end_waiters = [], []
+        for w in waiters:
+            w()
+
+    def _final_status(self) -> Status:
+        code = self._exit
+        if self._stop is not None:
+            return Status.stopped(self._stop)
+        if code is None:
+            return Status.exited(None)
+        if code < 0:
+            return Status.signaled(-code, oom_killed=self._group.oom_killed())
+        return Status.exited(code)

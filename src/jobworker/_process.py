@@ -1,0 +1,139 @@
+"""Supervision of one process: spawn it, signal it, reap it.
+
+The pid is only ever used while the process is unreaped (a zombie at worst), and all
+three operations run on the reactor thread, so a signal can never reach a recycled pid.
+Exit is noticed through the pidfd, which turns readable when the process exits, before
+it is reaped; that window is when the leftovers of its process group are killed,
+because the group id cannot be reused while its leader is still a zombie.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Mapping, Sequence
+
+from . import _spawn
+from ._errors import CommandNotFound, InvalidCommand, StartError
+from ._model import Command
+
+__all__ = ["Process", "prepare"]
+
+
+def _check_text(what: str, value: str) -> None:
+    if "\0" in value:
+        raise InvalidCommand(f"{what} contains a NUL byte")
+
+
+def prepare(
+    command: Command, base_env: Mapping[str, str]
+) -> tuple[list[str], list[str], list[str]]:
+    """Validate ``command``; return (candidate paths, argv, envp) for ``spawn``."""
+    if not isinstance(command.name, str) or not command.name:
+        raise InvalidCommand("command name is empty")
+    _check_text("command name", command.name)
+    for a in command.args:
+        if not isinstance(a, str):
+            raise InvalidCommand(f"argument {a!r} is not a string")
+        _check_text("argument", a)
+    env = dict(base_env)
+    for k, v in (command.env or {}).items():
+        if not k or "=" in k:
+            raise InvalidCommand(f"invalid environment variable name {k!r}")
+        _check_text("environment variable name", k)
+        if v is None:
+            env.pop(k, None)
+        else:
+            _check_text(f"environment variable {k}", v)
+            env[k] = v
+    if command.cwd is not None:
+        _check_text("working directory", command.cwd)
+    if "/" in command.name:
+        paths = [command.name]
+    else:
+        search = env.get("PATH", os.defpath)
+        paths = [os.path.join(d or ".", command.name) for d in search.split(":")]
+    envp = [f"{k}={v}" for k, v in env.items()]
+    return paths, list(command.argv), envp
+
+
+class Process:
+    """A started, not yet reaped child, and its pidfd."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.reaped = False
+
+    @classmethod
+    def spawn(
+        cls,
+        command: Command,
+        paths: Sequence[str],
+        argv: Sequence[str],
+        envp: Sequence[str],
+        out_fd: int,
+        cgroup_procs: Sequence[str],
+    ) -> Process:
+        pid, pidfd, stage, err = _spawn.spawn(
+            paths, argv, envp, command.cwd, out_fd, cgroup_procs
+        )
+        if stage == _spawn.STAGE_OK:
+            return cls(pid, pidfd)
+        raise _start_error(command, stage, err)
+
+    def send(self, sig: int, *, group: bool) -> None:
+        """Signal the process (and its whole process group), unless already reaped."""
+        if self.reaped:
+            return
+        try:
+            if group:
+                # The group's id is the leader's pid, pinned while the leader is unreaped.
+                os.killpg(self.pid, sig)
+            else:
+                signal.pidfd_send_signal(self.pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def reap(self) -> int | None:
+        """Reap if exited; return the raw wait status's meaning as -signal or code."""
+        if self.reaped:
+            return None
+        result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        if result is None:
+            return None  # a spurious wake-up: not exited yet
+        self.reaped = True
+        os.close(self.pidfd)
+        self.pidfd = -1
+        if result.si_code == os.CLD_EXITED:
+            return result.si_status
+        return -result.si_status  # CLD_KILLED or CLD_DUMPED: the signal number
+
+
+def _start_error(command: Command, stage: int, err: int) -> StartError:
+    name = command.name
+    if stage == _spawn.STAGE_EXEC:
+        if err == errno.ENOENT:
+            return CommandNotFound(err, f"command not found: {name}")
+        if err == errno.EACCES:
+            reason = "is a directory" if os.path.isdir(_which(command) or name) else (
+                "permission denied (not executable?)"
+            )
+            return StartError(err, f"cannot execute {name}: {reason}")
+        return StartError(err, f"cannot execute {name}: {os.strerror(err)}")
+    if stage == _spawn.STAGE_CWD:
+        return StartError(err, f"cannot change directory to {command.cwd}: {os.strerror(err)}")
+    if stage == _spawn.STAGE_CGROUP:
+        return StartError(err, f"cannot join the job's cgroup: {os.strerror(err)}")
+    return StartError(err, f"cannot set up the job's process: {os.strerror(err)}")
+
+
+def _which(command: Command) -> str | None:
+    if "/" in command.name:
+        return command.name
+    for d in os.environ.get("PATH", os.defpath).split(":"):
+        p = os.path.join(d or ".", command.name)
+        if os.path.exists(p):
+            return p
+    return None

@@ -1,0 +1,17 @@
+from collections.abc import Sequence
+
+STAGE_OK: int
+STAGE_CGROUP: int
+STAGE_FDS: int
+STAGE_CWD: int
+STAGE_EXEC: int
+
+def spawn(
+    paths: Sequence[str | bytes],
+    argv: Sequence[str | bytes],
+    envp: Sequence[str | bytes],
+    cwd: str | bytes | None,
+    out_fd: int,
+    cgroup_procs: Sequence[str | bytes],
+    /,
+) -> tuple[int, int, int, int]: ...

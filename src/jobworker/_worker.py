@@ -1,0 +1,183 @@
+"""The seed's Worker: starts, stops, queries and streams jobs for several owners.
+
+The map of jobs is in memory.  Every lookup goes through ``_get(job_id, owner_id)``,
+which answers a job of another owner exactly as it answers an unknown id, so that
+no operation can tell another owner's job from a job that does not exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import threading
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._capture import LogFile, OutputPipe, log_stem
+from ._errors import JobNotFound, StartError, WorkerClosed
+from ._follow import AsyncLogReader, LogReader
+from ._job import Job
+from ._model import Command, JobInfo, Limits
+from ._process import Process, prepare
+from ._reactor import Reactor
+from . import _rescontrol
+from ._rescontrol import ResourceControl
+
+__all__ = ["DEFAULT_GRACE", "Worker"]
+
+DEFAULT_GRACE = 10.0
+
+
+def _raise_fd_limit() -> None:
+    # Each running job holds three descriptors (pidfd, pipe, log); 1,000s of jobs need
+    # more than the usual soft limit of 1,024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Worker:
+    """Runs jobs; thread-safe.  Use as a context manager, or call ``close()``.
+
+    ``log_dir`` holds the logs (default ``/tmp``).  ``resource_control`` picks how jobs
+    are limited and contained; by default the best this machine offers (``detect()``).
+    ``grace`` is the default time ``stop`` gives a job between SIGTERM and SIGKILL.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str] = "/tmp",
+        *,
+        resource_control: ResourceControl | None = None,
+        grace: float = DEFAULT_GRACE,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.log_dir = Path(log_dir).absolute()
+        # Logs are created relative to this descriptor, so the directory cannot be
+        # swapped for another (or a symlink) between one job and the next.
+        self._log_dir_fd = os.open(self.log_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.grace = grace
+        self._env = dict(os.environ if env is None else env)
+        self._jobs: dict[uuid.UUID, Job] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        _raise_fd_limit()
+        self.resource_control = (
+            resource_control if resource_control is not None else _rescontrol.detect()
+        )
+        self._reactor = Reactor()
+
+    # -- the seed's four operations, plus list --------------------------------------------
+
+    def start(
+        self, command: Command, owner_id: uuid.UUID, *, limits: Limits | None = None
+    ) -> uuid.UUID:
+        """Start ``command`` as a new job of ``owner_id``; return the job's id.
+
+        Raises ``InvalidCommand``, ``StartError`` (``CommandNotFound``) or ``LimitError``;
+        when it raises, nothing was started and nothing is left behind.
+        """
+        limits = limits or Limits()
+        paths, argv, envp = prepare(command, self._env)
+        self.resource_control.validate(limits)
+        self._check_open()
+        job_id = uuid.uuid4()
+        logfile = LogFile.create(self.log_dir, self._log_dir_fd)
+        group = None
+        pipe = None
+        process = None
+        try:
+            group = self.resource_control.create(job_id, limits)
+            pipe = OutputPipe()
+            process = Process.spawn(
+                command, paths, argv, envp, pipe.write_fd, group.procs_files
+            )
+            pipe.close_write()
+            logfile.publish(log_stem(command.name, process.pid))
+        except BaseException as e:
+            if process is not None:
+                # Started but not publishable: take it down before saying so.
+                process.send(9, group=True)
+                if group is not None:
+                    group.kill()
+                os.waitid(os.P_PIDFD, process.pidfd, os.WEXITED)
+                os.close(process.pidfd)
+            if pipe is not None:
+                pipe.close()
+            if group is not None:
+                group.remove()
+            logfile.discard()
+            if isinstance(e, OSError) and not isinstance(e, StartError):
+                raise StartError(e.errno, f"cannot start {command.name}: {e.strerror}") from e
+            raise
+        job = Job(job_id, owner_id, command, limits, process, pipe, logfile, group, self._reactor)
+        with self._lock:
+            self._jobs[job_id] = job
+        job.attach()
+        return job_id
+
+    def stop(self, job_id: uuid.UUID, owner_id: uuid.UUID, grace: float | None = None) -> None:
+        """SIGTERM the job's process group, SIGKILL everything after ``grace`` seconds.
+
+        Returns once the job has ended.  ``grace=0`` kills at once.  Raises
+        ``JobNotRunning`` if the job's main process has already exited.
+        """
+        job = self._get(job_id, owner_id)
+        job.request_stop(self.grace if grace is None else grace)
+        job.ended.wait()
+
+    def query(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> JobInfo:
+        return self._get(job_id, owner_id).info()
+
+    def stream(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> LogReader:
+        """A reader of the job's output from its first byte, following it live."""
+        return LogReader(self._get(job_id, owner_id))
+
+    def list(self, owner_id: uuid.UUID) -> list[JobInfo]:
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.owner_id == owner_id]
+        return [j.info() for j in jobs]
+
+    # -- for the asyncio face --------------------------------------------------------------
+
+    def _get(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> Job:
+        self._check_open()
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None or job.owner_id != owner_id:
+            raise JobNotFound(job_id)
+        return job
+
+    def _stream_async(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> AsyncLogReader:
+        return AsyncLogReader(self._get(job_id, owner_id))
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WorkerClosed("the worker is closed")
+
+    def close(self) -> None:
+        """Kill every running job, wait for each to end, release all resources."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                job.request_stop(0)
+        for job in jobs:
+            job.ended.wait()
+        self._reactor.close()
+        self.resource_control.close()
+        os.close(self._log_dir_fd)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
