@@ -1,0 +1,71 @@
+"""Shared fixtures: a real Worker on a temporary log directory, with leak checks.
+
+Every worker-using test runs under two lifecycles: with the resource control this
+machine offers (cgroups when root) and with none (process groups only).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobworker import ResourceControl, Worker
+from jobworker._rescontrol import detect
+from jobworker._rescontrol._none import NoneControl
+
+PY = sys.executable
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def live_children() -> list[int]:
+    """Pids whose parent is this process (zombies included)."""
+    me = str(os.getpid())
+    kids = []
+    for task in os.listdir(f"/proc/{me}/task"):
+        try:
+            with open(f"/proc/{me}/task/{task}/children") as f:
+                kids += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return kids
+
+
+@pytest.fixture(params=["detected", "none"])
+def control(request: pytest.FixtureRequest) -> ResourceControl:
+    if request.param == "none":
+        return NoneControl("chosen by the test")
+    return detect()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "logs"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def worker(log_dir: Path, control: ResourceControl) -> Iterator[Worker]:
+    fds_before = open_fds()
+    threads_before = threading.active_count()
+    w = Worker(log_dir, resource_control=control, grace=5)
+    yield w
+    w.close()
+    # Nothing a worker made may outlive it: no process, fd or thread.
+    assert live_children() == []
+    assert open_fds() == fds_before
+    assert threading.active_count() == threads_before
+
+
+@pytest.fixture
+def owner() -> uuid.UUID:
+    return uuid.uuid4()

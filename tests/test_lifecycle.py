@@ -1,0 +1,190 @@
+"""Start errors, exit statuses, stop (TERM, KILL, process trees) and reaping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from jobworker import (
+    Command,
+    CommandNotFound,
+    InvalidCommand,
+    JobNotRunning,
+    StartError,
+    State,
+    Status,
+    StopType,
+    Worker,
+)
+
+from conftest import live_children
+
+
+def wait_end(worker: Worker, job: uuid.UUID, owner: uuid.UUID) -> Status:
+    with worker.stream(job, owner) as r:
+        r.read()
+    return worker.query(job, owner).status
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("command", "error", "message"),
+    [
+        (Command(""), InvalidCommand, "command name is empty"),
+        (Command("ec\0ho"), InvalidCommand, "NUL"),
+        (Command("echo", ["a\0b"]), InvalidCommand, "NUL"),
+        (Command("echo", env={"A=B": "c"}), InvalidCommand, "environment variable name"),
+        (Command("no-such-command-jobworker"), CommandNotFound, "command not found"),
+        (Command("./no/such/path"), CommandNotFound, "command not found"),
+        (Command("/"), StartError, "is a directory"),
+        (Command(".."), StartError, "is a directory"),
+        (Command("/etc/passwd"), StartError, "permission denied"),
+        (Command("echo", cwd="/no/such/dir"), StartError, "cannot change directory"),
+    ],
+)
+def test_bad_commands_raise_and_leave_nothing(
+    worker: Worker,
+    owner: uuid.UUID,
+    log_dir: Path,
+    command: Command,
+    error: type[Exception],
+    message: str,
+) -> None:
+    with pytest.raises(error, match=message):
+        worker.start(command, owner)
+    assert list(log_dir.iterdir()) == []
+    assert worker.list(owner) == []
+    assert live_children() == []
+
+
+def test_name_with_dotdot_and_slashes_keeps_log_in_log_dir(
+    worker: Worker, owner: uuid.UUID, log_dir: Path
+) -> None:
+    echo = "/bin/../bin/echo"
+    job = worker.start(Command(echo, ["x"]), owner)
+    info = worker.query(job, owner)
+    assert info.log_path.parent == log_dir
+    assert info.log_path.name == f"echo_{info.pid}.log"
+    assert wait_end(worker, job, owner) == Status.exited(0)
+
+
+def test_exit_codes(worker: Worker, owner: uuid.UUID) -> None:
+    for code in (0, 1, 42, 255):
+        job = worker.start(Command("sh", ["-c", f"exit {code}"]), owner)
+        assert wait_end(worker, job, owner) == Status.exited(code)
+
+
+def test_killed_by_a_signal_the_worker_did_not_send(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sh", ["-c", "kill -SEGV $$"]), owner)
+    assert wait_end(worker, job, owner) == Status.signaled(signal.SIGSEGV)
+
+
+def test_query_while_running_and_times(worker: Worker, owner: uuid.UUID) -> None:
+    t0 = time.time()
+    job = worker.start(Command("sleep", ["1000"]), owner)
+    info = worker.query(job, owner)
+    assert info.status.state is State.RUNNING and info.ended_at is None
+    assert t0 <= info.started_at <= time.time() and info.owner_id == owner
+    assert info.command == Command("sleep", ["1000"])
+    assert pid_alive(info.pid)
+    worker.stop(job, owner, grace=0)
+    info = worker.query(job, owner)
+    assert info.status == Status.stopped(StopType.KILL)
+    assert info.ended_at is not None and info.ended_at >= info.started_at
+
+
+def test_stop_within_grace_is_term(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sleep", ["1000"]), owner)
+    worker.stop(job, owner)
+    assert worker.query(job, owner).status == Status.stopped(StopType.TERM)
+
+
+def test_stop_of_term_ignoring_job_kills_after_grace(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sh", ["-c", "trap '' TERM; echo ready; sleep 1000"]), owner)
+    with worker.stream(job, owner) as r:
+        assert r.read(6) == b"ready\n"
+    t0 = time.monotonic()
+    worker.stop(job, owner, grace=0.2)
+    assert time.monotonic() - t0 >= 0.2
+    assert worker.query(job, owner).status == Status.stopped(StopType.KILL)
+
+
+def test_stop_reaches_the_whole_process_tree(worker: Worker, owner: uuid.UUID) -> None:
+    code = "sleep 1000 & echo $!; sleep 1000 & echo $!; wait"
+    job = worker.start(Command("sh", ["-c", code]), owner)
+    with worker.stream(job, owner) as r:
+        seen = b""
+        while seen.count(b"\n") < 2:
+            seen += r.read(100)
+        pids = [int(p) for p in seen.split()]
+        worker.stop(job, owner)
+        r.read()
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_leftovers_are_killed_when_main_process_exits(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sh", ["-c", "sleep 1000 & echo $!"]), owner)
+    with worker.stream(job, owner) as r:
+        leftover = int(r.read())
+    assert worker.query(job, owner).status == Status.exited(0)
+    assert not pid_alive(leftover)
+
+
+def test_stopping_an_ended_job_is_an_error(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("true"), owner)
+    wait_end(worker, job, owner)
+    with pytest.raises(JobNotRunning):
+        worker.stop(job, owner)
+
+
+def test_concurrent_stops_are_safe(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sh", ["-c", "trap '' TERM; echo ready; sleep 1000"]), owner)
+    with worker.stream(job, owner) as r:
+        r.read(6)
+    errors: list[BaseException] = []
+
+    def stop(grace: float) -> None:
+        try:
+            worker.stop(job, owner, grace=grace)
+        except JobNotRunning:
+            pass
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=stop, args=(g,)) for g in (5, 5, 0, 5, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert worker.query(job, owner).status == Status.stopped(StopType.KILL)
+
+
+def test_thousands_of_jobs_leave_no_zombies(log_dir: Path, owner: uuid.UUID) -> None:
+    with Worker(log_dir) as w:
+        jobs = [w.start(Command("true"), owner) for _ in range(2000)]
+        for j in jobs:
+            assert wait_end(w, j, owner) == Status.exited(0)
+        assert live_children() == []
+
+
+def test_worker_close_kills_running_jobs(log_dir: Path, owner: uuid.UUID) -> None:
+    w = Worker(log_dir)
+    job = w.start(Command("sleep", ["1000"]), owner)
+    pid = w.query(job, owner).pid
+    w.close()
+    assert not pid_alive(pid)
+    assert os.path.exists(log_dir)

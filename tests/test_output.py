@@ -1,0 +1,118 @@
+"""Output capture: exact bytes, in write order, binary-safe, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from pathlib import Path
+
+from jobworker import Command, State, Worker
+
+from conftest import PY
+
+
+def run(worker: Worker, owner: uuid.UUID, code: str) -> bytes:
+    job = worker.start(Command(PY, ["-c", code]), owner)
+    with worker.stream(job, owner) as r:
+        data = r.read()
+    info = worker.query(job, owner)
+    assert info.status.state is State.EXITED, info.status
+    assert info.log_path.read_bytes() == data
+    return data
+
+
+def test_interleaved_stdout_and_stderr_in_write_order(worker: Worker, owner: uuid.UUID) -> None:
+    code = (
+        "import os\n"
+        "for i in range(2000):\n"
+        "    os.write(1 + i % 2, b'%d:%s\\n' % (i, b'o' if i % 2 == 0 else b'e'))\n"
+    )
+    expected = b"".join(b"%d:%s\n" % (i, b"o" if i % 2 == 0 else b"e") for i in range(2000))
+    assert run(worker, owner, code) == expected
+
+
+def test_binary_output_every_byte_value(worker: Worker, owner: uuid.UUID) -> None:
+    code = "import os\nos.write(1, bytes(range(256)) * 1000)\nos.write(2, b'\\x00\\xff')"
+    assert run(worker, owner, code) == bytes(range(256)) * 1000 + b"\x00\xff"
+
+
+def test_output_without_trailing_newline(worker: Worker, owner: uuid.UUID) -> None:
+    assert run(worker, owner, "import sys; sys.stdout.write('no newline')") == b"no newline"
+
+
+def test_long_line_without_newline_is_intact(worker: Worker, owner: uuid.UUID) -> None:
+    size = 8 << 20
+    code = f"import os\nb = b'x' * {size}\nv = memoryview(b)\nwhile v: v = v[os.write(1, v):]"
+    data = run(worker, owner, code)
+    assert len(data) == size and data.count(b"x") == size
+
+
+def test_no_output(worker: Worker, owner: uuid.UUID) -> None:
+    assert run(worker, owner, "pass") == b""
+
+
+def test_grandchild_writing_just_before_parent_exits_is_kept(
+    worker: Worker, owner: uuid.UUID
+) -> None:
+    # The grandchild writes and then the parent exits at once: the leftover kill that
+    # follows the parent's exit must not lose what was already written.
+    code = (
+        "import os, sys\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.write(1, b'from grandchild\\n')\n"
+        "    os.write(w, b'x')\n"
+        "    os.execvp('sleep', ['sleep', '1000'])\n"
+        "os.read(r, 1)\n"
+        "os.write(1, b'parent done\\n')\n"
+    )
+    job = worker.start(Command(PY, ["-c", code]), owner)
+    with worker.stream(job, owner) as r:
+        assert r.read() == b"from grandchild\nparent done\n"
+    assert worker.query(job, owner).status.exit_code == 0
+
+
+def test_log_file_is_private_and_named_after_command_and_pid(
+    worker: Worker, owner: uuid.UUID, log_dir: Path
+) -> None:
+    job = worker.start(Command("echo", ["hi"]), owner)
+    info = worker.query(job, owner)
+    assert info.log_path == log_dir / f"echo_{info.pid}.log"
+    st = os.lstat(info.log_path)
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    with worker.stream(job, owner) as r:
+        assert r.read() == b"hi\n"
+
+
+def test_environment_and_cwd_overrides(log_dir: Path, owner: uuid.UUID) -> None:
+    with Worker(log_dir, env={"KEEP": "1", "DROP": "2", "PATH": os.defpath}) as w:
+        code = (
+            "import os; e = os.environ; "
+            "print(os.getcwd(), e.get('KEEP'), e.get('DROP'), e.get('A'))"
+        )
+        cmd = Command(PY, ["-c", code], env={"A": "b c", "DROP": None}, cwd="/")
+        job = w.start(cmd, owner)
+        with w.stream(job, owner) as r:
+            assert r.read() == b"/ 1 None b c\n"
+
+
+def test_stdin_is_dev_null_and_job_has_own_session(worker: Worker, owner: uuid.UUID) -> None:
+    code = "import os; print(os.getsid(0) == os.getpid(), os.getpgrp() == os.getpid())"
+    assert run(worker, owner, code) == b"True True\n"
+
+
+def test_job_does_not_inherit_worker_fds(worker: Worker, owner: uuid.UUID) -> None:
+    sleeper = worker.start(Command("sleep", ["1000"]), owner)  # its fds are held by the worker
+    data = run(
+        worker, owner, "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"
+    )
+    assert data == b"[0, 1, 2, 3]\n"  # 3 is listdir's own
+    worker.stop(sleeper, owner, grace=0)
+
+
+def test_sigpipe_is_default_in_the_job(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sh", ["-c", "yes | head -c 3"]), owner)
+    with worker.stream(job, owner) as r:
+        assert r.read() == b"y\ny"
+    assert worker.query(job, owner).status.exit_code == 0

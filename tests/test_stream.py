@@ -1,0 +1,142 @@
+"""Following: live, late and concurrent readers; EOF only at the real end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+
+import pytest
+
+from jobworker import AsyncWorker, Command, LogUnavailable, Worker
+
+from conftest import PY
+
+# A job that prints a line whenever its parent (the test) writes a byte into a fifo.
+STEP = (
+    "import os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "while (b := os.read(fd, 1)) and b != b'q':\n"
+    "    os.write(1, b'line ' + b + b'\\n')\n"
+)
+
+
+@pytest.fixture
+def fifo(tmp_path: os.PathLike[str]) -> str:
+    path = os.path.join(tmp_path, "steps")
+    os.mkfifo(path)
+    return path
+
+
+def test_reader_follows_live_and_wakes_on_each_write(
+    worker: Worker, owner: uuid.UUID, fifo: str
+) -> None:
+    job = worker.start(Command(PY, ["-c", STEP, fifo]), owner)
+    with worker.stream(job, owner) as r, open(fifo, "wb", buffering=0) as steps:
+        for c in b"abc":
+            steps.write(bytes([c]))
+            assert r.read(100) == b"line %c\n" % c
+        steps.write(b"q")
+        assert r.read(100) == b""
+    assert worker.query(job, owner).status.exit_code == 0
+
+
+def test_late_reader_after_end_gets_everything(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("seq", ["1", "10000"]), owner)
+    with worker.stream(job, owner) as r:
+        first = r.read()
+    with worker.stream(job, owner) as r:
+        assert r.read() == first
+    assert first == b"".join(b"%d\n" % i for i in range(1, 10001))
+
+
+def test_concurrent_readers_joining_at_different_times_get_identical_output(
+    worker: Worker, owner: uuid.UUID, fifo: str
+) -> None:
+    job = worker.start(Command(PY, ["-c", STEP, fifo]), owner)
+    results: list[bytes] = []
+
+    def follow() -> None:
+        with worker.stream(job, owner) as r:
+            results.append(b"".join(r))
+
+    threads = []
+    with open(fifo, "wb", buffering=0) as steps:
+        for c in b"abcdefgh":
+            t = threading.Thread(target=follow)
+            t.start()
+            threads.append(t)
+            steps.write(bytes([c]))
+        steps.write(b"q")
+    for t in threads:
+        t.join()
+    expected = b"".join(b"line %c\n" % c for c in b"abcdefgh")
+    assert results == [expected] * 8
+
+
+def test_abandoned_reader_does_not_block_job_or_others(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("head", ["-c", str(16 << 20), "/dev/zero"]), owner)
+    stalled = worker.stream(job, owner)
+    assert stalled.read(1) == b"\0"
+    with worker.stream(job, owner) as r:
+        total = sum(len(c) for c in r)
+    assert total == 16 << 20
+    stalled.close()
+    assert stalled.closed
+
+
+def test_close_releases_fd_and_wakes_nothing(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sleep", ["1000"]), owner)
+    before = set(os.listdir("/proc/self/fd"))
+    r = worker.stream(job, owner)
+    r.close()
+    assert set(os.listdir("/proc/self/fd")) == before
+    with pytest.raises(ValueError):
+        r.read(1)
+    worker.stop(job, owner, grace=0)
+
+
+def test_blocked_reader_sees_end_when_job_is_stopped(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sh", ["-c", "echo started; exec sleep 1000"]), owner)
+    with worker.stream(job, owner) as r:
+        assert r.read(100) == b"started\n"
+        t = threading.Thread(target=worker.stop, args=(job, owner, 0))
+        t.start()
+        assert r.read(100) == b""
+        t.join()
+
+
+def test_deleted_log_is_a_clear_error(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("echo", ["x"]), owner)
+    with worker.stream(job, owner) as r:
+        r.read()
+    worker.query(job, owner).log_path.unlink()
+    with pytest.raises(LogUnavailable):
+        worker.stream(job, owner)
+
+
+def test_async_face_streams_the_same_bytes(worker: Worker, owner: uuid.UUID) -> None:
+    async def main() -> tuple[bytes, bytes]:
+        aw = AsyncWorker(worker)
+        job = await aw.start(Command("seq", ["1", "50000"]), owner)
+        readers = [aw.stream(job, owner) for _ in range(5)]
+
+        async def drain(r: object) -> bytes:
+            from jobworker import AsyncLogReader
+
+            assert isinstance(r, AsyncLogReader)
+            async with r:
+                return b"".join([c async for c in r])
+
+        outs = await asyncio.gather(*(drain(r) for r in readers))
+        assert len(set(outs)) == 1
+        sleeper = await aw.start(Command("sleep", ["1000"]), owner)
+        async with aw.stream(sleeper, owner) as r:
+            waiting = asyncio.ensure_future(r.read())
+            await aw.stop(sleeper, owner, grace=0)
+            assert await waiting == b""
+        return outs[0], (await aw.query(job, owner)).log_path.read_bytes()
+
+    out, logged = asyncio.run(main())
+    assert out == logged == b"".join(b"%d\n" % i for i in range(1, 50001))
