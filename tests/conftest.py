@@ -17,7 +17,7 @@ import pytest
 
 from jobworker import ResourceControl, Worker
 from jobworker._rescontrol import detect
-from jobworker._rescontrol._none import NoneControl
+from jobworker._rescontrol._none import NoCgroups
 
 PY = sys.executable
 
@@ -42,7 +42,7 @@ def live_children() -> list[int]:
 @pytest.fixture(params=["detected", "none"])
 def control(request: pytest.FixtureRequest) -> ResourceControl:
     if request.param == "none":
-        return NoneControl("chosen by the test")
+        return NoCgroups("chosen by the test")
     return detect()
 
 

@@ -37,7 +37,11 @@ class AsyncWorker:
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()
         job.request_stop(self.worker.grace if grace is None else grace)
-        job.when_ended(lambda: loop.call_soon_threadsafe(_resolve, ended))
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(_resolve, ended)
+
+        job.when_ended(wake)
         await ended
 
     async def query(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> JobInfo:

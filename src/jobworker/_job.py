@@ -259,6 +259,10 @@ class Job:
         if self._exit is None or self._pipe_open or self.ended.is_set():
             return
         if self._group_populated():
+            if self._group.events_file is None:
+                # Pure cgroup v1 has no emptiness event, and a task closes its files
+                # (our pipe EOF) a moment before it leaves its cgroup: look again soon.
+                self._reactor.call_later(0.005, self._maybe_finish)
             return
         self._finish()
 

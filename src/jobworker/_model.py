@@ -101,7 +101,7 @@ class Status:
             return f"stopped({self.stop_type.name})"
         if self.state is State.SIGNALED:
             return f"signaled({self.signal}{', oom' if self.oom_killed else ''})"
-        return self.state.value
+        return str(self.state.value)
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,7 @@ class Process:
         out_fd: int,
         cgroup_procs: Sequence[str],
     ) -> Process:
-        pid, pidfd, stage, err = _spawn.spawn(
-            paths, argv, envp, command.cwd, out_fd, cgroup_procs
-        )
+        pid, pidfd, stage, err = _spawn.spawn(paths, argv, envp, command.cwd, out_fd, cgroup_procs)
         if stage == _spawn.STAGE_OK:
             return cls(pid, pidfd)
         raise _start_error(command, stage, err)
@@ -117,8 +115,10 @@ def _start_error(command: Command, stage: int, err: int) -> StartError:
         if err == errno.ENOENT:
             return CommandNotFound(err, f"command not found: {name}")
         if err == errno.EACCES:
-            reason = "is a directory" if os.path.isdir(_which(command) or name) else (
-                "permission denied (not executable?)"
+            reason = (
+                "is a directory"
+                if os.path.isdir(_which(command) or name)
+                else ("permission denied (not executable?)")
             )
             return StartError(err, f"cannot execute {name}: {reason}")
         return StartError(err, f"cannot execute {name}: {os.strerror(err)}")

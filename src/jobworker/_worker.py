@@ -8,6 +8,7 @@ no operation can tell another owner's job from a job that does not exist.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import threading
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import _rescontrol
 from ._capture import LogFile, OutputPipe, log_stem
 from ._errors import JobNotFound, StartError, WorkerClosed
 from ._follow import AsyncLogReader, LogReader
@@ -22,10 +24,11 @@ from ._job import Job
 from ._model import Command, JobInfo, Limits
 from ._process import Process, prepare
 from ._reactor import Reactor
-from . import _rescontrol
 from ._rescontrol import ResourceControl
 
 __all__ = ["DEFAULT_GRACE", "Worker"]
+
+log = logging.getLogger("jobworker")
 
 DEFAULT_GRACE = 10.0
 
@@ -68,6 +71,11 @@ class Worker:
         self.resource_control = (
             resource_control if resource_control is not None else _rescontrol.detect()
         )
+        if not self.resource_control.contains:
+            log.warning(
+                "jobworker: %s; jobs are contained by their process group only",
+                getattr(self.resource_control, "reason", "no cgroups"),
+            )
         self._reactor = Reactor()
 
     # -- the seed's four operations, plus list --------------------------------------------
@@ -92,9 +100,7 @@ class Worker:
         try:
             group = self.resource_control.create(job_id, limits)
             pipe = OutputPipe()
-            process = Process.spawn(
-                command, paths, argv, envp, pipe.write_fd, group.procs_files
-            )
+            process = Process.spawn(command, paths, argv, envp, pipe.write_fd, group.procs_files)
             pipe.close_write()
             logfile.publish(log_stem(command.name, process.pid))
         except BaseException as e:
