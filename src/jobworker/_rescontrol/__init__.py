@@ -29,12 +29,13 @@ The contract, stated once here (implementations live beside this file):
 from __future__ import annotations
 
 import abc
+import os
 import uuid
 from collections.abc import Sequence
 
 from .._model import Limits, Usage
 
-__all__ = ["JobGroup", "ResourceControl"]
+__all__ = ["CgroupV1", "CgroupV2", "JobGroup", "NoCgroups", "ResourceControl", "detect"]
 
 
 class JobGroup(abc.ABC):
@@ -91,3 +92,52 @@ class ResourceControl(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Remove this worker's parent cgroup(s); every job group is removed already."""
+
+
+def detect(
+    *,
+    mountinfo: str = "/proc/self/mountinfo",
+    proc_self_cgroup: str = "/proc/self/cgroup",
+    v2_mountpoint: str = "/sys/fs/cgroup",
+) -> ResourceControl:
+    """The ``ResourceControl`` for this machine.
+
+    - ``CgroupV2`` if ``v2_mountpoint`` is a cgroup2 mount and the worker's cgroup in it
+      is writable;
+    - else ``CgroupV1`` if v1 hierarchies are mounted and the worker's cgroups in the
+      ones every job uses (the cgroup2 mount if any, memory, else the freezer) are
+      writable;
+    - else ``NoCgroups``, whose ``reason`` says why.
+    """
+    try:
+        mounts = _v2.parse_mountinfo(_v2.read_text(mountinfo))
+        proc_cgroup = _v2.read_text(proc_self_cgroup)
+    except OSError as e:
+        return NoCgroups(f"cannot read {e.filename}: {e.strerror}")
+    reasons = []
+    v2 = [m for m in mounts if m.mountpoint == v2_mountpoint and m.fstype == "cgroup2"]
+    if v2:
+        rel = _v2.v2_cgroup_path(proc_cgroup)
+        worker = None if rel is None else _v2.cgroup_dir(v2[-1].mountpoint, v2[-1].root, rel)
+        if worker is None:
+            reasons.append(f"this process's cgroup is not visible under {v2_mountpoint}")
+        elif not os.access(worker, os.W_OK):
+            reasons.append(f"{worker} is not writable")
+        else:
+            return CgroupV2(v2[-1].mountpoint, proc_self_cgroup, v2[-1].root)
+    if any(m.fstype == "cgroup" for m in mounts):
+        v1 = CgroupV1(mountinfo, proc_self_cgroup)
+        reason = v1.unusable_reason()
+        if reason is None:
+            return v1
+        reasons.append(reason)
+    if not reasons:
+        reasons.append("no cgroup filesystem is mounted")
+    return NoCgroups("; ".join(reasons))
+
+
+# The implementations subclass the classes above, so they are imported after them.
+from . import _v2  # noqa: E402
+from ._none import NoCgroups  # noqa: E402
+from ._v1 import CgroupV1  # noqa: E402
+from ._v2 import CgroupV2  # noqa: E402
