@@ -7,6 +7,7 @@ machine offers (cgroups when root) and with none (process groups only).
 from __future__ import annotations
 
 import os
+import select
 import sys
 import threading
 import uuid
@@ -37,6 +38,21 @@ def live_children() -> list[int]:
         except FileNotFoundError:
             pass
     return kids
+
+
+def dies(pid: int, timeout: float = 5.0) -> bool:
+    """Whether ``pid`` (alive now, not our child) exits within ``timeout`` seconds.
+
+    A SIGKILLed process needs a moment to be scheduled and die; its pidfd turns
+    readable when it has, so the test waits for that event instead of sampling /proc.
+    """
+    fd = os.pidfd_open(pid)
+    try:
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        return bool(p.poll(timeout * 1000))
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture(params=["detected", "none"])

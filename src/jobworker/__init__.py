@@ -18,7 +18,7 @@ from ._errors import (
 )
 from ._follow import AsyncLogReader, LogReader
 from ._model import Command, JobInfo, Limits, State, Status, StopType, Usage
-from ._rescontrol import JobGroup, ResourceControl
+from ._rescontrol import JobGroup, ResourceControl, detect
 from ._worker import Worker
 
 __all__ = [
@@ -44,4 +44,5 @@ __all__ = [
     "Usage",
     "Worker",
     "WorkerClosed",
+    "detect",
 ]

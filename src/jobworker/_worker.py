@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import _rescontrol
 from ._capture import LogFile, OutputPipe, log_stem
 from ._errors import JobNotFound, StartError, WorkerClosed
 from ._follow import AsyncLogReader, LogReader
@@ -24,7 +23,7 @@ from ._job import Job
 from ._model import Command, JobInfo, Limits
 from ._process import Process, prepare
 from ._reactor import Reactor
-from ._rescontrol import ResourceControl
+from ._rescontrol import ResourceControl, detect
 
 __all__ = ["DEFAULT_GRACE", "Worker"]
 
@@ -68,9 +67,7 @@ class Worker:
         self._lock = threading.Lock()
         self._closed = False
         _raise_fd_limit()
-        self.resource_control = (
-            resource_control if resource_control is not None else _rescontrol.detect()
-        )
+        self.resource_control = resource_control if resource_control is not None else detect()
         if not self.resource_control.contains:
             log.warning(
                 "jobworker: %s; jobs are contained by their process group only",
