@@ -144,4 +144,8 @@ class OutputPipe:
             if n == 0:
                 return moved, True
             moved += n
+            if n < PIPE_SIZE:
+                # Short: the pipe is empty now.  epoll is level-triggered and will say
+                # when more comes; asking again here would only cost an EAGAIN.
+                return moved, False
         return moved, False
