@@ -1,0 +1,213 @@
+"""Start rate: 300 ``/bin/true`` jobs as fast as possible, then wait for all of them.
+
+Worker (no cgroups) against a plain ``subprocess.Popen(["/bin/true"])`` loop, and (issue 3)
+the worker with one cgroup per job (the detected resource control, without limits and
+with limits) against the worker without cgroups.  Each method is timed twice: the start
+loop alone, and start loop + wait until every job has ended.  Rounds are interleaved;
+medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import _common as c
+
+from jobworker import Command, LimitError, Limits, ResourceControl, Worker
+
+N = 300
+TARGET_POPEN = 0.7
+TARGET_CGROUP = 0.5
+TRUE = "/bin/true"
+
+
+def run_worker(w: Worker, n: int, limits: Limits | None) -> tuple[float, float]:
+    owner = uuid.uuid4()
+    cmd = Command(TRUE)
+    t0 = time.perf_counter()
+    jobs = [w.start(cmd, owner, limits=limits) for _ in range(n)]
+    t_start = time.perf_counter() - t0
+    for j in jobs:
+        c.wait_ended(w, j, owner)
+    t_all = time.perf_counter() - t0
+    for j in jobs:
+        info = w.query(j, owner)
+        assert info.status.exit_code == 0, info.status
+        os.unlink(info.log_path)
+    return t_start, t_all
+
+
+def run_popen(n: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([TRUE]) for _ in range(n)]
+    t_start = time.perf_counter() - t0
+    for p in procs:
+        p.wait()
+    t_all = time.perf_counter() - t0
+    assert all(p.returncode == 0 for p in procs)
+    return t_start, t_all
+
+
+def usable_limits(rc: ResourceControl) -> tuple[Limits | None, str]:
+    """The fullest of the limit sets this control accepts, and a description of it."""
+    candidates = [
+        (Limits(memory=256 * c.MiB, pids=100, cpu=1.0), "memory=256M pids=100 cpu=1.0"),
+        (Limits(memory=256 * c.MiB, pids=100), "memory=256M pids=100"),
+        (Limits(pids=100), "pids=100"),
+        (Limits(memory=256 * c.MiB), "memory=256M"),
+    ]
+    refused = []
+    for limits, desc in candidates:
+        try:
+            rc.validate(limits)
+        except LimitError as e:
+            refused.append(f"{desc}: {e}")
+            continue
+        return limits, desc
+    return None, "; ".join(refused)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("-n", type=int, default=N)
+    ap.add_argument("--no-cgroup", action="store_true", help="skip the cgroup part")
+    args = ap.parse_args()
+    n = args.n
+
+    if args.no_cgroup:
+        detected, why_not = None, "--no-cgroup given"
+    else:
+        detected, why_not = c.detected_control()
+    with c.temp_dir("start-rate") as tmp:
+        workers: dict[str, Worker] = {}
+        limits: dict[str, Limits | None] = {}
+
+        def add_worker(name: str, rc: ResourceControl, lim: Limits | None) -> None:
+            d = tmp / name.replace(" ", "_")
+            d.mkdir()
+            workers[name] = Worker(d, resource_control=rc)
+            limits[name] = lim
+
+        cgroup_note = ""
+        try:
+            add_worker("worker", c.none_control(), None)
+            if detected is None:
+                cgroup_note = f"cgroup part skipped: {why_not}"
+            else:
+                add_worker(f"worker+cgroup ({detected.name})", detected, None)
+                # A control of its own (detect() again) for the worker with limits.
+                detected2, _ = c.detected_control()
+                assert detected2 is not None
+                lim, desc = usable_limits(detected2)
+                if lim is None:
+                    cgroup_note = f"no limits accepted: {desc}"
+                    detected2.close()
+                else:
+                    add_worker(f"worker+cgroup+limits ({desc})", detected2, lim)
+            if cgroup_note:
+                print(cgroup_note)
+
+            methods: dict[str, Callable[[], tuple[float, float]]] = {"popen": partial(run_popen, n)}
+            for name, w in workers.items():
+                methods[name] = partial(run_worker, w, n, limits[name])
+            # Warm-up: one small batch each, not measured.
+            for fn in methods.values():
+                fn()
+            runs: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
+            names = list(methods)
+            for rnd in range(args.rounds):
+                order = names[rnd % len(names) :] + names[: rnd % len(names)]
+                for m in order:
+                    t_start, t_all = methods[m]()
+                    runs[m].append((t_start, t_all))
+                    print(
+                        f"  round {rnd + 1}  {m:50} start {n / t_start:7.0f}/s  "
+                        f"start+wait {n / t_all:7.0f}/s",
+                        flush=True,
+                    )
+        finally:
+            for w in workers.values():
+                w.close()
+        c.check_no_children("start_rate")
+
+    med_start = {m: c.median([r[0] for r in v]) for m, v in runs.items()}
+    med_all = {m: c.median([r[1] for r in v]) for m, v in runs.items()}
+    rate_start = {m: n / t for m, t in med_start.items()}
+    rate_all = {m: n / t for m, t in med_all.items()}
+
+    def baseline_of(m: str) -> str | None:
+        if m == "popen":
+            return None
+        return "popen" if m == "worker" else "worker"
+
+    print(f"\n{n} x {TRUE}: starts per second (median of {args.rounds})")
+    rows: list[list[object]] = []
+    for m in runs:
+        b = baseline_of(m)
+        rows.append(
+            [
+                m,
+                f"{rate_start[m]:.0f}",
+                f"{rate_all[m]:.0f}",
+                "-" if b is None else f"{rate_start[m] / rate_start[b]:.2f} vs {b}",
+                "-" if b is None else f"{rate_all[m] / rate_all[b]:.2f} vs {b}",
+            ]
+        )
+    c.print_table(["method", "start/s", "start+wait/s", "ratio start", "ratio start+wait"], rows)
+
+    summary: list[c.Summary] = []
+    for m in runs:
+        b = baseline_of(m)
+        if b is None:
+            continue
+        r = rate_all[m] / rate_all[b]
+        target = TARGET_POPEN if b == "popen" else TARGET_CGROUP
+        summary.append(
+            c.Summary(
+                benchmark="start_rate",
+                metric=f"{n} x true, start+wait/s: {m}",
+                worker=f"{rate_all[m]:.0f}/s",
+                baseline=f"{rate_all[b]:.0f}/s ({b})",
+                ratio=r,
+                target=f">= {target}",
+                met=r >= target,
+                note=f"start loop only: {rate_start[m]:.0f}/s vs {rate_start[b]:.0f}/s",
+            )
+        )
+    if cgroup_note:
+        summary.append(
+            c.Summary(
+                benchmark="start_rate",
+                metric="start+wait/s with a cgroup per job",
+                worker="skipped",
+                baseline="-",
+                ratio=None,
+                target=f">= {TARGET_CGROUP}",
+                met=None,
+                note=cgroup_note,
+            )
+        )
+    results: dict[str, Any] = {
+        "n": n,
+        "rounds": args.rounds,
+        "runs_s": {m: [list(r) for r in v] for m, v in runs.items()},
+        "start_per_s": rate_start,
+        "start_and_wait_per_s": rate_all,
+        "limits": {m: str(v) for m, v in limits.items()},
+        "cgroup_note": cgroup_note,
+        "true": str(Path(TRUE).resolve()),
+    }
+    c.write_results("start_rate", results, summary)
+
+
+if __name__ == "__main__":
+    main()
