@@ -22,8 +22,10 @@ import pytest
 
 from jobworker._model import Limits
 from jobworker._rescontrol import CgroupV1, CgroupV2, JobGroup, ResourceControl, detect
+from jobworker._rescontrol._cgroupfs import parse_mountinfo
+from jobworker._rescontrol._limits import block_device
 from jobworker._rescontrol._v1 import V1JobGroup
-from jobworker._rescontrol._v2 import V2JobGroup, block_device, parse_mountinfo
+from jobworker._rescontrol._v2 import V2JobGroup
 
 MiB = 1 << 20
 

@@ -21,14 +21,10 @@ import pytest
 from jobworker._errors import LimitError
 from jobworker._model import Limits, Usage
 from jobworker._rescontrol import CgroupV1, CgroupV2, NoCgroups, detect
+from jobworker._rescontrol._cgroupfs import parse_mountinfo, proc_starttime
+from jobworker._rescontrol._limits import block_device, check_limits
 from jobworker._rescontrol._v1 import find_hierarchies
-from jobworker._rescontrol._v2 import (
-    V2JobGroup,
-    block_device,
-    check_limits,
-    parse_mountinfo,
-    proc_starttime,
-)
+from jobworker._rescontrol._v2 import V2JobGroup
 
 CONTROLLER_FILES: dict[str, dict[str, str]] = {
     "cpu": {"cpu.max": "max 100000\n", "cpu.weight": "100\n"},

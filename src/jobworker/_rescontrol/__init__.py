@@ -1,6 +1,9 @@
 """Resource control: one interface, one implementation per cgroup layout.
 
-The contract, stated once here (implementations live beside this file):
+The contract, stated once here.  Beside this file: the implementations (``_v2``, ``_v1``,
+``_none``) and what the two cgroup ones share (``_base``: base classes; ``_cgroupfs``:
+interface files, mounts, names; ``_kill``: killing and waiting for empty; ``_limits``:
+limit validation).
 
 - ``detect()`` inspects ``/proc/self/cgroup`` and the cgroup mounts and returns the
   ``ResourceControl`` that fits this machine: ``cgroup2`` (pure v2, what most users run),
@@ -34,6 +37,7 @@ import uuid
 from collections.abc import Sequence
 
 from .._model import Limits, Usage
+from . import _cgroupfs
 
 __all__ = ["CgroupV1", "CgroupV2", "JobGroup", "NoCgroups", "ResourceControl", "detect"]
 
@@ -110,15 +114,15 @@ def detect(
     - else ``NoCgroups``, whose ``reason`` says why.
     """
     try:
-        mounts = _v2.parse_mountinfo(_v2.read_text(mountinfo))
-        proc_cgroup = _v2.read_text(proc_self_cgroup)
+        mounts = _cgroupfs.parse_mountinfo(_cgroupfs.read_text(mountinfo))
+        proc_cgroup = _cgroupfs.read_text(proc_self_cgroup)
     except OSError as e:
         return NoCgroups(f"cannot read {e.filename}: {e.strerror}")
     reasons = []
     v2 = [m for m in mounts if m.mountpoint == v2_mountpoint and m.fstype == "cgroup2"]
     if v2:
-        rel = _v2.v2_cgroup_path(proc_cgroup)
-        worker = None if rel is None else _v2.cgroup_dir(v2[-1].mountpoint, v2[-1].root, rel)
+        rel = _cgroupfs.v2_cgroup_path(proc_cgroup)
+        worker = None if rel is None else _cgroupfs.cgroup_dir(v2[-1].mountpoint, v2[-1].root, rel)
         if worker is None:
             reasons.append(f"this process's cgroup is not visible under {v2_mountpoint}")
         elif not os.access(worker, os.W_OK):
@@ -137,7 +141,6 @@ def detect(
 
 
 # The implementations subclass the classes above, so they are imported after them.
-from . import _v2  # noqa: E402
 from ._none import NoCgroups  # noqa: E402
 from ._v1 import CgroupV1  # noqa: E402
 from ._v2 import CgroupV2  # noqa: E402

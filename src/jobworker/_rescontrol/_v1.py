@@ -14,13 +14,15 @@ To keep start cheap, a job gets only the hierarchies it needs: the unified one (
 memory always (peak memory is part of usage), cpu/blkio/pids only for their limits,
 cpuacct only for CPU time when there is no unified hierarchy, and the freezer only when
 the unified hierarchy cannot kill.
+
+What v2 shares with this (files, names, killing, limit checks, base classes) lives in
+``_cgroupfs``, ``_kill``, ``_limits`` and ``_base``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,14 +30,10 @@ from dataclasses import dataclass
 from .._errors import LimitError
 from .._model import Limits, Usage
 from . import JobGroup
-from ._v2 import (
-    CPU_PERIOD_US,
-    CgroupBase,
-    CheckedLimits,
+from ._base import CgroupBase, CgroupJobGroup
+from ._cgroupfs import (
     cgroup_dir,
-    check_limits,
     job_dir_name,
-    kill_cgroup,
     parse_mountinfo,
     parse_proc_cgroup,
     populated_from_events,
@@ -44,8 +42,9 @@ from ._v2 import (
     read_pids,
     read_text,
     rmdir_retry,
-    write_limit,
 )
+from ._kill import kill_cgroup
+from ._limits import CPU_PERIOD_US, CheckedLimits, check_limits, write_limit
 
 __all__ = ["CgroupV1", "Hierarchy", "V1JobGroup"]
 
@@ -94,18 +93,14 @@ def find_hierarchies(
     return by_controller, unified
 
 
-class V1JobGroup(JobGroup):
+class V1JobGroup(CgroupJobGroup):
     """A job's cgroups, one per hierarchy it needed (``dirs``: role -> directory)."""
 
     def __init__(self, rc: CgroupV1, dirs: dict[str, str], unified_kills: bool) -> None:
-        self.dirs = dirs
-        self._rc = rc
-        self._unified_kills = unified_kills
         # Co-mounted controllers share a directory: each directory once, in role order.
-        self.paths = list(dict.fromkeys(dirs[r] for r in _ROLES if r in dirs))
-        self._lock = threading.Lock()
-        self._final: Usage | None = None
-        self._removed = False
+        super().__init__(rc, list(dict.fromkeys(dirs[r] for r in _ROLES if r in dirs)))
+        self.dirs = dirs
+        self._unified_kills = unified_kills
 
     @property
     def procs_files(self) -> Sequence[str]:
@@ -134,12 +129,6 @@ class V1JobGroup(JobGroup):
         else:
             kill_cgroup(self.paths[0])
 
-    def usage(self) -> Usage:
-        final = self._final
-        if final is not None:
-            return final
-        return self._read_usage()
-
     def _file(self, role: str, name: str) -> str | None:
         d = self.dirs.get(role)
         return None if d is None else os.path.join(d, name)
@@ -162,26 +151,6 @@ class V1JobGroup(JobGroup):
         if (f := self._file("pids", "pids.events")) is not None:
             pid_hits = read_key_or_none(f, "max")
         return Usage(cpu_seconds, peak, throttled, oom, pid_hits)
-
-    def oom_killed(self) -> bool:
-        return bool(self.usage().oom_kills)
-
-    def remove(self) -> None:
-        with self._lock:
-            if self._removed:
-                return
-            if self._final is None and any(os.path.isdir(p) for p in self.paths):
-                # The files go with the directories: keep the last values for usage().
-                self._final = self._read_usage()
-            error: OSError | None = None
-            for p in self.paths:
-                try:
-                    self._rc.rmdir_tree(p)
-                except OSError as e:
-                    error = error or e
-            if error is not None:
-                raise error
-            self._removed = True
 
 
 class CgroupV1(CgroupBase):
@@ -362,8 +331,7 @@ class CgroupV1(CgroupBase):
             parents = sorted(self._parents.items(), key=lambda kv: kv[0] != self._base(UNIFIED))
             for base, parent in parents:
                 try:
-                    self.kill_and_remove_children(parent)
-                    self.rmdir_tree(parent)
+                    self.remove_parent(parent)
                     del self._parents[base]
                 except OSError as e:
                     error = error or e
