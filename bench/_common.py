@@ -187,6 +187,12 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's reaped children."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def _busy_seconds() -> float:
     """CPU time the whole machine spent busy (not idle, not iowait), in seconds."""
     with open("/proc/stat") as f:

@@ -7,7 +7,10 @@ Two workloads, both alternating their write()s between fd 1 and fd 2:
 
 The writer is a C program compiled at run time.  Each measurement is the time from the
 start of the job until it has ended with every byte in its log (the log size is checked
-to be exactly 256 MiB afterwards).  Methods, interleaved round by round:
+to be exactly 256 MiB afterwards).  The CPU time of this process (which includes the
+worker's reactor thread) and of the writer is reported too: a capture that makes the
+writer's write() calls dearer shows up in the latter.  Methods, interleaved round by
+round:
 
 - worker+reader: ``Worker.start`` then a ``stream`` reader consumes the log to EOF (EOF
   comes only once the job has ended and every byte is in the log);
@@ -274,6 +277,9 @@ def main() -> None:
 
         w = Worker(logs, resource_control=c.none_control())
         times: dict[str, dict[str, list[float]]] = {}
+        # CPU seconds per run: this process (incl. the reactor thread) and the writer
+        # (a reaped child; supervisord's program is not ours, so it has none).
+        cpu: dict[str, dict[str, list[tuple[float, float]]]] = {}
         try:
             for workload, argv in argvs.items():
                 methods: dict[str, Callable[[], float]] = {
@@ -285,14 +291,22 @@ def main() -> None:
                 if sup is not None:
                     methods["supervisord"] = partial(sup.run, workload, total)
                 times[workload] = {m: [] for m in methods}
+                cpu[workload] = {m: [] for m in methods}
                 names = list(methods)
                 for rnd in range(args.rounds):
                     # Rotate the order each round so no method always runs first or last.
                     order = names[rnd % len(names) :] + names[: rnd % len(names)]
                     for m in order:
+                        cpu0, ch0 = c.cpu_seconds(), c.children_cpu_seconds()
                         t = methods[m]()
+                        own, child = c.cpu_seconds() - cpu0, c.children_cpu_seconds() - ch0
                         times[workload][m].append(t)
-                        print(f"  {workload:6} round {rnd + 1}  {m:14} {t:7.3f} s", flush=True)
+                        cpu[workload][m].append((own, child))
+                        print(
+                            f"  {workload:6} round {rnd + 1}  {m:14} {t:7.3f} s  "
+                            f"cpu: self {own:5.2f} s  writer {child:5.2f} s",
+                            flush=True,
+                        )
         finally:
             w.close()
             if sup is not None:
@@ -309,6 +323,8 @@ def main() -> None:
             f"\n{workload}: {total // c.MiB} MiB as {WORKLOADS[workload]}-byte writes, "
             f"alternating stdout/stderr (median of {args.rounds})"
         )
+        own_cpu = {m: c.median([x[0] for x in v]) for m, v in cpu[workload].items()}
+        writer_cpu = {m: c.median([x[1] for x in v]) for m, v in cpu[workload].items()}
         rows: list[list[object]] = []
         for m, t in med.items():
             ratio = baselines[fastest] / t if m.startswith("worker") else None
@@ -318,17 +334,29 @@ def main() -> None:
                     f"{t:.3f}",
                     f"{total / t / 1e6:.0f}",
                     " ".join(f"{x:.3f}" for x in per_method[m]),
+                    f"{own_cpu[m]:.2f}",
+                    "-" if m == "supervisord" else f"{writer_cpu[m]:.2f}",
                     c.ratio_str(ratio),
                 ]
             )
         c.print_table(
-            ["method", "median s", "MB/s", "runs (s)", f"fastest baseline/worker ({fastest})"],
+            [
+                "method",
+                "median s",
+                "MB/s",
+                "runs (s)",
+                "cpu self s",
+                "cpu writer s",
+                f"fastest baseline/worker ({fastest})",
+            ],
             rows,
         )
         results["workloads"][workload] = {
             "write_size": WORKLOADS[workload],
             "runs_s": per_method,
             "median_s": med,
+            "cpu_self_s": own_cpu,
+            "cpu_writer_s": {m: v for m, v in writer_cpu.items() if m != "supervisord"},
             "mb_per_s": {m: total / t / 1e6 for m, t in med.items()},
             "fastest_baseline": fastest,
             "ratio_worker_reader": baselines[fastest] / med["worker+reader"],
@@ -345,6 +373,9 @@ def main() -> None:
                     ratio=r,
                     target=f">= {TARGET}",
                     met=r >= TARGET,
+                    note=f"writer's CPU {writer_cpu[m]:.2f} s vs {writer_cpu[fastest]:.2f} s"
+                    if fastest != "supervisord"
+                    else "",
                 )
             )
     if sup_note:

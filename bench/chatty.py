@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import select
 import subprocess
 import time
@@ -43,17 +42,12 @@ class Run:
     cpu_children: float
 
 
-def children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def measured(fn: Callable[[], None]) -> Run:
-    cpu0, ch0 = c.cpu_seconds(), children_cpu()
+    cpu0, ch0 = c.cpu_seconds(), c.children_cpu_seconds()
     t0 = time.perf_counter()
     fn()
     wall = time.perf_counter() - t0
-    return Run(wall, c.cpu_seconds() - cpu0, children_cpu() - ch0)
+    return Run(wall, c.cpu_seconds() - cpu0, c.children_cpu_seconds() - ch0)
 
 
 def run_worker(w: Worker, argv: list[str]) -> None:
