@@ -5,6 +5,12 @@ the worker with one cgroup per job (the detected resource control, without limit
 with limits) against the worker without cgroups.  Each method is timed twice: the start
 loop alone, and start loop + wait until every job has ended.  Rounds are interleaved;
 medians are reported.
+
+The worker creates a log file per job, which plain Popen does not: ``popen+file``
+(``Popen(stdout=<a new file>)``) is shown for reference, and the cost of creating one
+file in the log directory is probed before and after the run.  Logs are only deleted
+at the end, because on ext4 without a journal every file deleted makes the next file
+creations slower for minutes (see ``_common.file_create_us``).
 """
 
 from __future__ import annotations
@@ -41,13 +47,31 @@ def run_worker(w: Worker, n: int, limits: Limits | None) -> tuple[float, float]:
     for j in jobs:
         info = w.query(j, owner)
         assert info.status.exit_code == 0, info.status
-        os.unlink(info.log_path)
     return t_start, t_all
 
 
 def run_popen(n: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     procs = [subprocess.Popen([TRUE]) for _ in range(n)]
+    t_start = time.perf_counter() - t0
+    for p in procs:
+        p.wait()
+    t_all = time.perf_counter() - t0
+    assert all(p.returncode == 0 for p in procs)
+    return t_start, t_all
+
+
+def run_popen_file(n: int, directory: Path) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    procs = []
+    for _ in range(n):
+        fd = os.open(
+            directory / f"true_{uuid.uuid4().hex}.log",
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+            0o600,
+        )
+        procs.append(subprocess.Popen([TRUE], stdout=fd, stderr=fd))
+        os.close(fd)
     t_start = time.perf_counter() - t0
     for p in procs:
         p.wait()
@@ -116,10 +140,17 @@ def main() -> None:
             if cgroup_note:
                 print(cgroup_note)
 
-            methods: dict[str, Callable[[], tuple[float, float]]] = {"popen": partial(run_popen, n)}
+            popen_dir = tmp / "popen"
+            popen_dir.mkdir()
+            methods: dict[str, Callable[[], tuple[float, float]]] = {
+                "popen": partial(run_popen, n),
+                "popen+file": partial(run_popen_file, n, popen_dir),
+            }
             for name, w in workers.items():
                 methods[name] = partial(run_worker, w, n, limits[name])
-            # Warm-up: one small batch each, not measured.
+            create_us = [c.file_create_us(workers["worker"].log_dir)]
+            print(f"creating a file in the log directory: {create_us[0]:.0f} us")
+            # Warm-up: one batch each, not measured.
             for fn in methods.values():
                 fn()
             runs: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
@@ -134,6 +165,7 @@ def main() -> None:
                         f"start+wait {n / t_all:7.0f}/s",
                         flush=True,
                     )
+            create_us.append(c.file_create_us(workers["worker"].log_dir))
         finally:
             for w in workers.values():
                 w.close()
@@ -145,11 +177,14 @@ def main() -> None:
     rate_all = {m: n / t for m, t in med_all.items()}
 
     def baseline_of(m: str) -> str | None:
-        if m == "popen":
-            return None
+        if m.startswith("popen"):
+            return None if m == "popen" else "popen"
         return "popen" if m == "worker" else "worker"
 
-    print(f"\n{n} x {TRUE}: starts per second (median of {args.rounds})")
+    print(
+        f"\n{n} x {TRUE}: starts per second (median of {args.rounds}); creating a file "
+        f"took {create_us[0]:.0f} us before the run, {create_us[1]:.0f} us after"
+    )
     rows: list[list[object]] = []
     for m in runs:
         b = baseline_of(m)
@@ -167,7 +202,7 @@ def main() -> None:
     summary: list[c.Summary] = []
     for m in runs:
         b = baseline_of(m)
-        if b is None:
+        if b is None or m == "popen+file":
             continue
         r = rate_all[m] / rate_all[b]
         target = TARGET_POPEN if b == "popen" else TARGET_CGROUP
@@ -180,7 +215,13 @@ def main() -> None:
                 ratio=r,
                 target=f">= {target}",
                 met=r >= target,
-                note=f"start loop only: {rate_start[m]:.0f}/s vs {rate_start[b]:.0f}/s",
+                note=f"start loop only: {rate_start[m]:.0f}/s vs {rate_start[b]:.0f}/s"
+                + (
+                    f"; popen+file {rate_all['popen+file']:.0f}/s; a file create "
+                    f"{create_us[0]:.0f} us"
+                    if m == "worker"
+                    else ""
+                ),
             )
         )
     if cgroup_note:
@@ -204,6 +245,7 @@ def main() -> None:
         "start_and_wait_per_s": rate_all,
         "limits": {m: str(v) for m, v in limits.items()},
         "cgroup_note": cgroup_note,
+        "file_create_us_before_after": create_us,
         "true": str(Path(TRUE).resolve()),
     }
     c.write_results("start_rate", results, summary)
