@@ -3,7 +3,7 @@
 A reader owns one file descriptor on the log and nothing else.  At end of file it
 compares its position with the job's count of bytes written; only if it has everything
 and the job has not ended does it hand the job a one-shot waiter, which the reactor calls
-right after the next splice (or at the end).  So a reader is woken directly by the
+right after the next copy into the log (or at the end).  So a reader is woken directly by the
 writer, never polls, and costs the job nothing while it is not waiting.  A slow reader
 only falls behind in the file; the job and the other readers never wait for it.
 

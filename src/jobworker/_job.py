@@ -71,7 +71,7 @@ class Job:
         self.ended_at: float | None = None
         self.status = Status.running()
         self.lock = threading.Lock()
-        self.written = 0  # bytes in the log; readers trust it up to here
+        self.written = 0  # bytes in the log; readers read up to here
         self.ended = threading.Event()
         self._waiters: list[Waiter] = []  # one-shot: called on the next bytes or the end
         self._end_waiters: list[Waiter] = []
@@ -175,7 +175,7 @@ class Job:
         if not self._pipe_open:
             return
         try:
-            moved, eof = self._pipe.drain_into(self._log.fd)
+            moved, eof = self._pipe.drain_into(self._log.fd, self._reactor.scratch)
         except OSError as e:
             # The log cannot take more (disk full, ...).  Keep the job from blocking on
             # a full pipe by discarding; the log says where it was cut.

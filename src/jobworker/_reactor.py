@@ -28,6 +28,7 @@ __all__ = ["Reactor", "Timer"]
 log = logging.getLogger("jobworker")
 
 Callback = Callable[[], None]
+SCRATCH_SIZE = 1 << 20
 
 
 class Timer:
@@ -58,6 +59,9 @@ class Reactor:
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._closing = False
+        # Scratch space for callbacks: they run one at a time on this thread, so one
+        # buffer serves every job's output copy.
+        self.scratch = bytearray(SCRATCH_SIZE)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
