@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Sequence
@@ -44,8 +45,15 @@ class CgroupBase(ResourceControl):
 
     def rmdir_tree(self, path: str) -> None:
         """Remove a cgroup and any cgroups a (root) job made below it, deepest first."""
-        if not os.path.isdir(path):
+        try:
+            # Nearly always a leaf: one rmdir, without listing its interface files.
+            self._rmdir(path)
             return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EBUSY):
+                raise
         for dirpath, _, _ in os.walk(path, topdown=False):
             rmdir_retry(self._rmdir, dirpath)
 

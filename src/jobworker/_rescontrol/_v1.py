@@ -173,6 +173,7 @@ class CgroupV1(CgroupBase):
             read_text(mountinfo), read_text(proc_self_cgroup)
         )
         self._parents: dict[str, str] = {}  # hierarchy base -> parent directory made
+        self._met: set[tuple[str, tuple[str, ...]]] = set()  # requirements _need found met
         self._stale_cleaned = False
         # Whether the unified hierarchy has cgroup.kill (kernel >= 5.14); only a non-root
         # cgroup shows it, so this is settled once the unified parent exists.
@@ -196,6 +197,15 @@ class CgroupV1(CgroupBase):
     # -- checks
 
     def _need(self, ctrl: str, what: str, files: Sequence[str] = ()) -> None:
+        # Mounts and controller files do not change under a running worker: check each
+        # requirement once, not at every start.
+        key = (ctrl, tuple(files))
+        if key in self._met:
+            return
+        self._check_need(ctrl, what, files)
+        self._met.add(key)
+
+    def _check_need(self, ctrl: str, what: str, files: Sequence[str]) -> None:
         h = self.hierarchies.get(ctrl)
         if h is None:
             raise LimitError(
