@@ -7,8 +7,9 @@ loop alone, and start loop + wait until every job has ended.  Rounds are interle
 medians are reported.
 
 The worker creates a log file per job, which plain Popen does not: ``popen+file``
-(``Popen(stdout=<a new file>)``) is shown for reference, and the cost of creating one
-file in the log directory is probed before and after the run.  Logs are only deleted
+(``Popen(stdout=<a new file>)``) and the worker with its logs on tmpfs (/dev/shm) are
+shown for reference, and the cost of creating one file in the log directory is probed
+before and after the run.  Logs are only deleted
 at the end, because on ext4 without a journal every file deleted makes the next file
 creations slower for minutes (see ``_common.file_create_us``).
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -115,15 +118,24 @@ def main() -> None:
         workers: dict[str, Worker] = {}
         limits: dict[str, Limits | None] = {}
 
-        def add_worker(name: str, rc: ResourceControl, lim: Limits | None) -> None:
-            d = tmp / name.replace(" ", "_")
+        def add_worker(
+            name: str, rc: ResourceControl, lim: Limits | None, base: Path = tmp
+        ) -> None:
+            d = base / name.replace(" ", "_")
             d.mkdir()
             workers[name] = Worker(d, resource_control=rc)
             limits[name] = lim
 
         cgroup_note = ""
+        shm = Path("/dev/shm")
+        shm_tmp = None
         try:
             add_worker("worker", c.none_control(), None)
+            if shm.is_dir() and os.access(shm, os.W_OK):
+                # For reference: the same, with the logs on tmpfs, where creating a file
+                # costs next to nothing whatever was deleted before.
+                shm_tmp = Path(tempfile.mkdtemp(prefix="jobworker-bench-start-", dir=shm))
+                add_worker("worker (logs on tmpfs)", c.none_control(), None, shm_tmp)
             if detected is None:
                 cgroup_note = f"cgroup part skipped: {why_not}"
             else:
@@ -169,6 +181,8 @@ def main() -> None:
         finally:
             for w in workers.values():
                 w.close()
+            if shm_tmp is not None:
+                shutil.rmtree(shm_tmp, ignore_errors=True)
         c.check_no_children("start_rate")
 
     med_start = {m: c.median([r[0] for r in v]) for m, v in runs.items()}
@@ -179,7 +193,7 @@ def main() -> None:
     def baseline_of(m: str) -> str | None:
         if m.startswith("popen"):
             return None if m == "popen" else "popen"
-        return "popen" if m == "worker" else "worker"
+        return "popen" if m.startswith("worker") and "cgroup" not in m else "worker"
 
     print(
         f"\n{n} x {TRUE}: starts per second (median of {args.rounds}); creating a file "
@@ -202,7 +216,7 @@ def main() -> None:
     summary: list[c.Summary] = []
     for m in runs:
         b = baseline_of(m)
-        if b is None or m == "popen+file":
+        if b is None or m in ("popen+file", "worker (logs on tmpfs)"):
             continue
         r = rate_all[m] / rate_all[b]
         target = TARGET_POPEN if b == "popen" else TARGET_CGROUP
@@ -219,6 +233,11 @@ def main() -> None:
                 + (
                     f"; popen+file {rate_all['popen+file']:.0f}/s; a file create "
                     f"{create_us[0]:.0f} us"
+                    + (
+                        f"; worker with logs on tmpfs {rate_all['worker (logs on tmpfs)']:.0f}/s"
+                        if "worker (logs on tmpfs)" in rate_all
+                        else ""
+                    )
                     if m == "worker"
                     else ""
                 ),
