@@ -6,6 +6,7 @@ import os
 import re
 import select
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +211,34 @@ def test_limits_without_cgroups_are_refused(log_dir: Path, owner: uuid.UUID) -> 
             w.start(Command("true"), owner, limits=Limits(memory=64 * MiB))
         job = w.start(Command("true"), owner)
         assert finish(w, job, owner) == b""
+
+
+@needs_cgroups
+def test_next_worker_cleans_up_after_a_crashed_one(log_dir: Path, owner: uuid.UUID) -> None:
+    code = (
+        "import sys, uuid\n"
+        "from jobworker import Command, Worker\n"
+        "w = Worker(sys.argv[1])\n"
+        "j = w.start(Command('sleep', ['1000']), uuid.uuid4())\n"
+        "print(w._get(j, w._jobs[j].owner_id).pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    crashed = subprocess.Popen(
+        [PY, "-c", code, str(log_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert crashed.stdout is not None
+    orphan = int(crashed.stdout.readline())
+    watched = os.pidfd_open(orphan)
+    parents = {d for d in cgroup_dirs() if "job-" in d and f"-{crashed.pid}-" in d}
+    assert parents, "the crashed worker's job had no cgroup"
+    crashed.kill()  # a worker that dies without cleaning up
+    crashed.communicate()
+    assert select.select([watched], [], [], 0)[0] == []  # its job outlived it
+
+    with Worker(log_dir) as w:  # the next worker
+        job = w.start(Command("true"), owner)
+        finish(w, job, owner)
+    assert select.select([watched], [], [], 5)[0] == [watched]
+    os.close(watched)
+    assert not any(os.path.exists(d) for d in parents)
+    assert not [d for d in cgroup_dirs() if f"-{crashed.pid}-" in d]
