@@ -376,23 +376,8 @@ def detected_control() -> tuple[ResourceControl | None, str]:
 
 
 def wait_ended(worker: Worker, job_id: uuid.UUID, owner: uuid.UUID, timeout: float = 300) -> None:
-    """Block until the job has ended (every byte in its log), without reading it.
-
-    The public API offers this only through a reader (EOF) or polling ``query``; both
-    cost work the baselines do not do.  So this waits on the job's ``ended`` event
-    (internal), and falls back to polling ``query`` every millisecond if that changes.
-    """
-    try:
-        event = worker._get(job_id, owner).ended
-    except AttributeError:
-        deadline = time.monotonic() + timeout
-        while not worker.query(job_id, owner).status.ended:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} did not end in {timeout}s") from None
-            time.sleep(0.001)
-        return
-    if not event.wait(timeout):
-        raise TimeoutError(f"job {job_id} did not end in {timeout}s")
+    """Block until the job has ended (every byte in its log), without reading it."""
+    worker.wait(job_id, owner, timeout)
 
 
 # ---------------------------------------------------------------------------------------

@@ -193,3 +193,13 @@ def test_worker_close_kills_running_jobs(log_dir: Path, owner: uuid.UUID) -> Non
     w.close()
     assert not pid_alive(pid)
     assert os.path.exists(log_dir)
+
+
+def test_wait_returns_final_info_and_times_out(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sh", ["-c", "exit 3"]), owner)
+    info = worker.wait(job, owner)
+    assert info.status == Status.exited(3) and info.ended_at is not None
+    sleeper = worker.start(Command("sleep", ["1000"]), owner)
+    with pytest.raises(TimeoutError):
+        worker.wait(sleeper, owner, timeout=0.05)
+    worker.stop(sleeper, owner, grace=0)

@@ -131,6 +131,7 @@ def test_async_face_streams_the_same_bytes(worker: Worker, owner: uuid.UUID) -> 
 
         outs = await asyncio.gather(*(drain(r) for r in readers))
         assert len(set(outs)) == 1
+        assert (await aw.wait(job, owner)).status.exit_code == 0
         sleeper = await aw.start(Command("sleep", ["1000"]), owner)
         async with aw.stream(sleeper, owner) as r:
             waiting = asyncio.ensure_future(r.read())

@@ -13,10 +13,22 @@ import asyncio
 import uuid
 
 from ._follow import AsyncLogReader, _resolve
+from ._job import Job
 from ._model import Command, JobInfo, Limits
 from ._worker import Worker
 
 __all__ = ["AsyncWorker"]
+
+
+async def _ended(job: Job) -> None:
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:  # on the reactor thread
+        loop.call_soon_threadsafe(_resolve, ended)
+
+    job.when_ended(wake)
+    await ended
 
 
 class AsyncWorker:
@@ -34,15 +46,14 @@ class AsyncWorker:
         self, job_id: uuid.UUID, owner_id: uuid.UUID, grace: float | None = None
     ) -> None:
         job = self.worker._get(job_id, owner_id)
-        loop = asyncio.get_running_loop()
-        ended: asyncio.Future[None] = loop.create_future()
         job.request_stop(self.worker.grace if grace is None else grace)
+        await _ended(job)
 
-        def wake() -> None:
-            loop.call_soon_threadsafe(_resolve, ended)
-
-        job.when_ended(wake)
-        await ended
+    async def wait(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> JobInfo:
+        """Wait until the job has ended (every byte in its log); return its final info."""
+        job = self.worker._get(job_id, owner_id)
+        await _ended(job)
+        return job.info()
 
     async def query(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> JobInfo:
         return self.worker.query(job_id, owner_id)

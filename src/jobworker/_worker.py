@@ -132,6 +132,16 @@ class Worker:
         job.request_stop(self.grace if grace is None else grace)
         job.ended.wait()
 
+    def wait(self, job_id: uuid.UUID, owner_id: uuid.UUID, timeout: float | None = None) -> JobInfo:
+        """Block until the job has ended (every byte in its log); return its final info.
+
+        Raises ``TimeoutError`` if it has not ended within ``timeout`` seconds.
+        """
+        job = self._get(job_id, owner_id)
+        if not job.ended.wait(timeout):
+            raise TimeoutError(f"job {job_id} has not ended within {timeout} s")
+        return job.info()
+
     def query(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> JobInfo:
         return self._get(job_id, owner_id).info()
 
