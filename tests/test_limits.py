@@ -50,14 +50,19 @@ def finish(w: Worker, job: uuid.UUID, owner: uuid.UUID) -> bytes:
 
 @needs_cgroups
 def test_first_instruction_runs_inside_the_job_cgroup(cg_worker: Worker, owner: uuid.UUID) -> None:
-    # cat's first act is to read its own cgroup membership.
-    job = cg_worker.start(Command("cat", ["/proc/self/cgroup"]), owner)
+    # cat's first act is to read its own cgroup membership: if the child joined its
+    # cgroups only after exec, this would show the worker's cgroups instead.
+    limits = Limits(memory=256 * MiB, pids=100, cpu=1.0)
+    job = cg_worker.start(Command("cat", ["/proc/self/cgroup"]), owner, limits=limits)
     out = finish(cg_worker, job, owner).decode()
-    lines = [line for line in out.splitlines() if line]
-    assert any(f"job-{job.hex}" in line for line in lines), out
-    # Every hierarchy the control joins shows the job's cgroup.
-    joined = [line for line in lines if f"job-{job.hex}" in line]
-    assert len(joined) >= 1
+    membership = {}
+    for line in out.splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else ["unified"]:
+            membership[c] = path
+    wanted = ["unified", "memory", "pids", "cpu"] if CONTROL.name == "cgroup1" else ["unified"]
+    for c in wanted:
+        assert membership[c].endswith(f"/job-{job.hex}"), (c, out)
 
 
 @needs_cgroups
