@@ -134,13 +134,35 @@ def parent_dirs(g: JobGroup) -> list[str]:
     return [os.path.dirname(d) for d in job_dirs(g)]
 
 
-def gone(pid: int) -> bool:
-    """Dead: no such process, or a zombie waiting for its (new) parent to reap it."""
+def watch(pids: list[int]) -> list[int]:
+    """pidfds of ``pids`` (not our children), to wait for their deaths on."""
+    return [os.pidfd_open(pid) for pid in pids]
+
+
+def all_die(pidfds: list[int], timeout: float = 5.0) -> bool:
+    """Whether every watched process exits within ``timeout``; closes the pidfds.
+
+    A process leaves its cgroup (``populated`` 0) a moment before it becomes a zombie,
+    so emptiness alone does not prove death: its pidfd turning readable does.
+    """
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
+        deadline = time.monotonic() + timeout
+        for fd in pidfds:
+            left = max(0.0, deadline - time.monotonic())
+            if select.select([fd], [], [], left)[0] != [fd]:
+                return False
         return True
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+
+
+def wait_for_own_session(pid: int, timeout: float = 5.0) -> None:
+    """Poll until ``pid`` has run setsid (its child runs asynchronously; bounded)."""
+    deadline = time.monotonic() + timeout
+    while os.getsid(pid) != pid:
+        assert time.monotonic() < deadline, f"{pid} never left its session"
+        time.sleep(0.005)
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,12 +186,13 @@ def test_kill_reaches_a_setsid_escapee(rc: ResourceControl, jobs: Jobs) -> None:
     p = jobs.start(g, "setsid sleep 1000 & exec sleep 1000")
     pids = wait_for_pids(g, 2)
     (escapee,) = [pid for pid in pids if pid != p.pid]
-    assert os.getsid(escapee) == escapee  # it left the session, let alone the group
+    wait_for_own_session(escapee)  # it left the session, let alone the group
+    watched = watch([escapee])
     assert g.populated()
     g.kill()
     assert p.wait(timeout=10) == -signal.SIGKILL
     wait_unpopulated(g)
-    assert gone(escapee)
+    assert all_die(watched)
     assert not g.populated()
     g.kill()  # idempotent
     g.remove()
@@ -349,11 +372,11 @@ def test_v1_without_cgroup2_kills_through_the_freezer(jobs: Jobs, tmp_path: Path
         assert "freezer" in g.dirs
         assert g.events_file is None
         p = jobs.start(g, "setsid sh -c 'while :; do sleep 1000 & wait; done' & exec sleep 1000")
-        pids = wait_for_pids(g, 3)
+        watched = watch([pid for pid in wait_for_pids(g, 3) if pid != p.pid])
         g.kill()
         assert p.wait(timeout=10) == -signal.SIGKILL
         wait_unpopulated(g)
-        assert all(gone(pid) for pid in pids)
+        assert all_die(watched)
         assert Path(g.dirs["freezer"], "freezer.state").read_text() == "THAWED\n"
         u = g.usage()
         assert u.cpu_seconds is not None and u.cpu_seconds > 0  # from cpuacct.usage
