@@ -8,7 +8,6 @@ reports medians.  Nothing here imports anything outside the standard library and
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import platform
@@ -20,12 +19,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from jobworker import JobGroup, Limits, ResourceControl, Usage, Worker
+from jobworker import NoCgroups, ResourceControl, Worker, detect
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -293,81 +292,16 @@ def reap_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 10.0) ->
 # Resource controls.
 
 
-class _BenchJobGroup(JobGroup):
-    """A job without cgroups (the fallback when the package has no no-op control)."""
-
-    @property
-    def procs_files(self) -> Sequence[str]:
-        return ()
-
-    @property
-    def events_file(self) -> str | None:
-        return None
-
-    def populated(self) -> bool:
-        return False
-
-    def kill(self) -> None:
-        pass
-
-    def usage(self) -> Usage:
-        return Usage()
-
-    def oom_killed(self) -> bool:
-        return False
-
-    def remove(self) -> None:
-        pass
-
-
-class BenchNoControl(ResourceControl):
-    """A trivial no-op resource control, only used if the package has none to offer."""
-
-    name = "none"
-    contains = False
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def validate(self, limits: Limits) -> None:
-        if not limits.empty:
-            raise ValueError("the benchmark's no-op control takes no limits")
-
-    def create(self, job_id: uuid.UUID, limits: Limits) -> JobGroup:
-        self.validate(limits)
-        return _BenchJobGroup()
-
-    def close(self) -> None:
-        pass
-
-
 def none_control() -> ResourceControl:
-    """The package's no-cgroup control (``NoneControl``, or ``NoCgroups``), else ours."""
-    with contextlib.suppress(ImportError):
-        mod = importlib.import_module("jobworker._rescontrol._none")
-        for name in ("NoneControl", "NoCgroups"):
-            cls = getattr(mod, name, None)
-            if cls is not None:
-                rc = cls("benchmark")
-                assert isinstance(rc, ResourceControl)
-                return rc
-    return BenchNoControl("benchmark")
+    """No cgroups: the core alone, containment by process group."""
+    return NoCgroups("benchmark")
 
 
 def detected_control() -> tuple[ResourceControl | None, str]:
     """(the control ``detect()`` picks, "") or (None, why cgroups cannot be used)."""
-    try:
-        mod = importlib.import_module("jobworker._rescontrol")
-        detect = cast(Callable[[], ResourceControl], mod.detect)
-    except (ImportError, AttributeError) as e:
-        return None, f"jobworker._rescontrol.detect is not importable ({e})"
-    try:
-        rc = detect()
-    except Exception as e:
-        return None, f"detect() failed: {type(e).__name__}: {e}"
-    if rc.name == "none":
-        reason = getattr(rc, "reason", "")
-        return None, f"detect() found no usable cgroups{': ' + reason if reason else ''}"
+    rc = detect()
+    if isinstance(rc, NoCgroups):
+        return None, f"detect() found no usable cgroups: {rc.reason}"
     return rc, ""
 
 

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jobworker import ResourceControl, Worker
-from jobworker._rescontrol import detect
-from jobworker._rescontrol._none import NoCgroups
+from jobworker import NoCgroups, ResourceControl, Worker, detect
 
 PY = sys.executable
 

@@ -13,9 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from jobworker import Command, LimitError, Limits, State, Status, StopType, Worker
-from jobworker._rescontrol import detect
-from jobworker._rescontrol._none import NoCgroups
+from jobworker import (
+    Command,
+    LimitError,
+    Limits,
+    NoCgroups,
+    State,
+    Status,
+    StopType,
+    Worker,
+    detect,
+)
 
 from conftest import PY, dies, live_children
 

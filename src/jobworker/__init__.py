@@ -19,6 +19,7 @@ from ._errors import (
 from ._follow import AsyncLogReader, LogReader
 from ._model import Command, JobInfo, Limits, State, Status, StopType, Usage
 from ._rescontrol import JobGroup, ResourceControl, detect
+from ._rescontrol._none import NoCgroups
 from ._worker import Worker
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Limits",
     "LogReader",
     "LogUnavailable",
+    "NoCgroups",
     "ResourceControl",
     "StartError",
     "State",
