@@ -36,7 +36,7 @@ import re
 import secrets
 from pathlib import Path
 
-__all__ = ["LogFile", "OutputPipe", "log_stem"]
+__all__ = ["LogFile", "LogWriteError", "OutputPipe", "log_stem"]
 
 PIPE_SIZE = 1 << 20
 BATCH = 4 << 20  # per wake-up, so one chatty job cannot starve the others
@@ -120,6 +120,14 @@ class LogFile:
             self.fd = -1
 
 
+class LogWriteError(OSError):
+    """The log refused a write (disk full, ...); ``moved`` bytes did reach it."""
+
+    def __init__(self, err: int, strerror: str, moved: int) -> None:
+        super().__init__(err, strerror)
+        self.moved = moved
+
+
 class OutputPipe:
     """The pipe both of a job's output streams write into."""
 
@@ -131,6 +139,17 @@ class OutputPipe:
         # refused; the default size still works.
         with contextlib.suppress(OSError):
             fcntl.fcntl(self.read_fd, _F_SETPIPE_SZ, PIPE_SIZE)
+
+    def discard(self) -> bool:
+        """Throw away what the pipe holds now (bounded); return whether writers are gone."""
+        buffer = bytearray(1 << 16)
+        for _ in range(BATCH >> 16):
+            try:
+                if os.readv(self.read_fd, [buffer]) == 0:
+                    return True
+            except BlockingIOError:
+                return False
+        return False
 
     def close_write(self) -> None:
         if self.write_fd >= 0:
@@ -159,8 +178,11 @@ class OutputPipe:
             if n == 0:
                 return moved, True
             done = 0
-            while done < n:
-                done += os.write(log_fd, view[done:n])
+            try:
+                while done < n:
+                    done += os.write(log_fd, view[done:n])
+            except OSError as e:
+                raise LogWriteError(e.errno or errno.EIO, e.strerror or str(e), moved + done) from e
             moved += n
             if n < len(buffer):
                 # Short: the pipe is empty now.  epoll is level-triggered and will say

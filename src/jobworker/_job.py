@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from ._capture import LogFile, OutputPipe
+from ._capture import LogFile, LogWriteError, OutputPipe
 from ._errors import JobNotRunning
 from ._model import Command, JobInfo, Limits, Status, StopType
 from ._process import Process
@@ -86,7 +86,7 @@ class Job:
         self._exit: int | None = None  # code, or -signal
         self._events_fd = -1
         self._pipe_open = True
-        self._pipe_overflowed = False
+        self._log_failed = False
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -174,29 +174,23 @@ class Job:
     def _on_output(self, _mask: int) -> None:
         if not self._pipe_open:
             return
-        try:
-            moved, eof = self._pipe.drain_into(self._log.fd, self._reactor.scratch)
-        except OSError as e:
-            # The log cannot take more (disk full, ...).  Keep the job from blocking on
-            # a full pipe by discarding; the log says where it was cut.
-            if not self._pipe_overflowed:
+        if self._log_failed:
+            moved, eof = 0, self._pipe.discard()
+        else:
+            try:
+                moved, eof = self._pipe.drain_into(self._log.fd, self._reactor.scratch)
+            except LogWriteError as e:
+                # The log takes no more (disk full, ...).  Keep what reached it, and from
+                # now on drain the pipe into nothing, so the job never blocks on it.
                 log.error("jobworker: job %s: log write failed (%s); discarding", self.id, e)
-                self._pipe_overflowed = True
-            moved, eof = 0, self._discard()
+                self._log_failed = True
+                moved, eof = e.moved, False
         waiters = self._advance(moved) if moved else []
         for w in waiters:
             w()
         if eof:
             self._close_pipe()
             self._maybe_finish()
-
-    def _discard(self) -> bool:
-        try:
-            while os.read(self._pipe.read_fd, 1 << 16):
-                pass
-        except BlockingIOError:
-            return False
-        return True
 
     def _advance(self, moved: int) -> list[Waiter]:
         with self.lock:
