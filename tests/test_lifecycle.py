@@ -22,6 +22,7 @@ from jobworker import (
     Status,
     StopType,
     Worker,
+    WorkerClosed,
 )
 
 from conftest import dies, live_children
@@ -203,3 +204,28 @@ def test_wait_returns_final_info_and_times_out(worker: Worker, owner: uuid.UUID)
     with pytest.raises(TimeoutError):
         worker.wait(sleeper, owner, timeout=0.05)
     worker.stop(sleeper, owner, grace=0)
+
+
+def test_close_racing_starts_leaves_no_job_behind(log_dir: Path, owner: uuid.UUID) -> None:
+    w = Worker(log_dir)
+    first = threading.Event()
+    refused: list[Exception] = []
+
+    def starter() -> None:
+        for _ in range(200):
+            try:
+                w.start(Command("sleep", ["1000"]), owner)
+            except WorkerClosed as e:
+                refused.append(e)
+                return
+            first.set()
+
+    threads = [threading.Thread(target=starter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    assert first.wait(10)  # close while starts are landing
+    w.close()
+    for t in threads:
+        t.join()
+    assert len(refused) == 4
+    assert live_children() == []

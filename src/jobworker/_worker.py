@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import resource
+import signal
 import threading
 import uuid
 from collections.abc import Mapping
@@ -64,7 +65,8 @@ class Worker:
         self.grace = grace
         self._env = dict(os.environ if env is None else env)
         self._jobs: dict[uuid.UUID, Job] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._starting = 0  # starts under way, which close() waits for
         self._closed = False
         _raise_fd_limit()
         self.resource_control = resource_control if resource_control is not None else detect()
@@ -88,9 +90,34 @@ class Worker:
         limits = limits or Limits()
         paths, argv, envp = prepare(command, self._env)
         self.resource_control.validate(limits)
-        self._check_open()
+        with self._lock:
+            self._check_open()
+            self._starting += 1  # close() waits for this start to register its job
+        try:
+            job_id, job = self._start(command, owner_id, limits, paths, argv, envp)
+            job.attach()
+            with self._lock:
+                self._jobs[job_id] = job
+        finally:
+            with self._lock:
+                self._starting -= 1
+                self._lock.notify_all()
+        return job_id
+
+    def _start(
+        self,
+        command: Command,
+        owner_id: uuid.UUID,
+        limits: Limits,
+        paths: list[str],
+        argv: list[str],
+        envp: list[str],
+    ) -> tuple[uuid.UUID, Job]:
         job_id = uuid.uuid4()
-        logfile = LogFile.create(self.log_dir, self._log_dir_fd)
+        try:
+            logfile = LogFile.create(self.log_dir, self._log_dir_fd)
+        except OSError as e:
+            raise StartError(e.errno, f"cannot create a log in {self.log_dir}: {e.strerror}") from e
         group = None
         pipe = None
         process = None
@@ -103,7 +130,7 @@ class Worker:
         except BaseException as e:
             if process is not None:
                 # Started but not publishable: take it down before saying so.
-                process.send(9, group=True)
+                process.send(signal.SIGKILL, group=True)
                 if group is not None:
                     group.kill()
                 os.waitid(os.P_PIDFD, process.pidfd, os.WEXITED)
@@ -117,10 +144,7 @@ class Worker:
                 raise StartError(e.errno, f"cannot start {command.name}: {e.strerror}") from e
             raise
         job = Job(job_id, owner_id, command, limits, process, pipe, logfile, group, self._reactor)
-        with self._lock:
-            self._jobs[job_id] = job
-        job.attach()
-        return job_id
+        return job_id, job
 
     def stop(self, job_id: uuid.UUID, owner_id: uuid.UUID, grace: float | None = None) -> None:
         """SIGTERM the job's process group, SIGKILL everything after ``grace`` seconds.
@@ -179,6 +203,7 @@ class Worker:
             if self._closed:
                 return
             self._closed = True
+            self._lock.wait_for(lambda: self._starting == 0)
             jobs = list(self._jobs.values())
         for job in jobs:
             with contextlib.suppress(Exception):
