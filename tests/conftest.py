@@ -39,12 +39,15 @@ def live_children() -> list[int]:
 
 
 def dies(pid: int, timeout: float = 5.0) -> bool:
-    """Whether ``pid`` (alive now, not our child) exits within ``timeout`` seconds.
+    """Whether ``pid`` (not our child) has exited, or does within ``timeout`` seconds.
 
     A SIGKILLed process needs a moment to be scheduled and die; its pidfd turns
     readable when it has, so the test waits for that event instead of sampling /proc.
     """
-    fd = os.pidfd_open(pid)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True  # dead and reaped already
     try:
         p = select.poll()
         p.register(fd, select.POLLIN)

@@ -17,6 +17,7 @@ from jobworker import (
     CommandNotFound,
     InvalidCommand,
     JobNotRunning,
+    NoCgroups,
     StartError,
     State,
     Status,
@@ -229,3 +230,35 @@ def test_close_racing_starts_leaves_no_job_behind(log_dir: Path, owner: uuid.UUI
         t.join()
     assert len(refused) == 4
     assert live_children() == []
+
+
+def test_without_cgroups_an_escapee_holding_the_output_cannot_hold_the_job_open(
+    log_dir: Path, owner: uuid.UUID
+) -> None:
+    from jobworker._job import ORPHAN_GRACE
+
+    fifo = log_dir.parent / "escaped"
+    os.mkfifo(fifo)
+    # The main process exits only once the escapee has left the process group.
+    code = (
+        f"setsid sh -c 'echo $$; echo > {fifo}; exec sleep 1000' & read _ < {fifo}; echo main done"
+    )
+    with Worker(log_dir, resource_control=NoCgroups("test")) as w:
+        job = w.start(Command("sh", ["-c", code]), owner)
+        with w.stream(job, owner) as r:
+            out = b""
+            while len(out.splitlines()) < 2:
+                chunk = r.read(100)
+                assert chunk, out
+                out += chunk
+            assert out.endswith(b"main done\n"), out
+            escapee = int(out.split()[0])
+            t0 = time.monotonic()
+            assert r.read() == b""  # ends although the escapee still holds the pipe
+        waited = time.monotonic() - t0
+    try:
+        assert ORPHAN_GRACE - 0.5 <= waited <= ORPHAN_GRACE + 2
+        assert pid_alive(escapee)  # outside the group, no cgroup: nothing could reach it
+    finally:
+        os.kill(escapee, signal.SIGKILL)  # a descendant of our own job
+        assert dies(escapee) or not pid_alive(escapee)

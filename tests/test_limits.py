@@ -93,8 +93,13 @@ def test_setsid_escapee_dies_on_stop(cg_worker: Worker, owner: uuid.UUID) -> Non
 
 
 @needs_cgroups
-def test_double_forked_escapee_dies_when_main_exits(cg_worker: Worker, owner: uuid.UUID) -> None:
-    code = "(setsid sh -c 'echo $$; exec sleep 1000' &) ; sleep 0.2"
+def test_double_forked_escapee_dies_when_main_exits(
+    cg_worker: Worker, owner: uuid.UUID, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "escaped"
+    os.mkfifo(fifo)
+    # The main process exits only once the escapee is out of its session and reparented.
+    code = f"(setsid sh -c 'echo $$; echo > {fifo}; exec sleep 1000' &) ; read _ < {fifo}"
     job = cg_worker.start(Command("sh", ["-c", code]), owner)
     out = finish(cg_worker, job, owner)
     assert cg_worker.query(job, owner).status == Status.exited(0)
