@@ -58,6 +58,21 @@ async def stop_all(
     return time.perf_counter() - t0
 
 
+def footprint(
+    t_start: float, t_stop: float, before: dict[str, int], after: dict[str, int]
+) -> dict[str, Any]:
+    """What holding the jobs cost this process: times, and growth between two probes."""
+    return {
+        "start_s": t_start,
+        "stop_s": t_stop,
+        "rss_delta": after["rss"] - before["rss"],
+        "fds": after["fds"],
+        "fds_delta": after["fds"] - before["fds"],
+        "threads_py": after["threads_py"],
+        "threads_os": after["threads_os"],
+    }
+
+
 def child_worker(n: int, control: str) -> dict[str, Any]:
     if control == "none":
         rc = c.none_control()
@@ -84,13 +99,7 @@ def child_worker(n: int, control: str) -> dict[str, Any]:
                 t_stop = asyncio.run(stop_all(aw, jobs, owner, grace))
                 statuses = {str(w.query(j, owner).status) for j in jobs}
                 out[grace_name] = {
-                    "start_s": t_start,
-                    "stop_s": t_stop,
-                    "rss_delta": after["rss"] - before["rss"],
-                    "fds": after["fds"],
-                    "fds_delta": after["fds"] - before["fds"],
-                    "threads_py": after["threads_py"],
-                    "threads_os": after["threads_os"],
+                    **footprint(t_start, t_stop, before, after),
                     "statuses": sorted(statuses),
                     "file_create_us": create_us,
                 }
@@ -131,15 +140,7 @@ def child_popen(n: int) -> dict[str, Any]:
         for fd in procs:
             os.close(fd)
         ep.close()
-    return {
-        "start_s": t_start,
-        "stop_s": t_stop,
-        "rss_delta": after["rss"] - before["rss"],
-        "fds": after["fds"],
-        "fds_delta": after["fds"] - before["fds"],
-        "threads_py": after["threads_py"],
-        "threads_os": after["threads_os"],
-    }
+    return footprint(t_start, t_stop, before, after)
 
 
 def run_child(*args: str) -> dict[str, Any]:
