@@ -231,12 +231,17 @@ class Job:
         self._maybe_finish()
 
     def _abandon_orphans(self) -> None:
+        if self._pipe_open and not self._group.procs_files:
+            why = "processes outside its process group (and it has no cgroup) hold its output"
+        elif self._pipe_open:
+            why = "processes that escaped its cgroup hold its output"
+        else:
+            why = "its cgroup is still not empty (processes that cannot die?)"
         log.warning(
-            "jobworker: job %s: processes outside its %s still hold its output after %.0fs; "
-            "closing it",
+            "jobworker: job %s: %.0f s after its main process exited, %s; ending it anyway",
             self.id,
-            "process group" if not self._group.procs_files else "cgroup",
             ORPHAN_GRACE,
+            why,
         )
         if self._pipe_open:
             self._on_output(0)  # whatever they wrote until now still counts
