@@ -141,3 +141,23 @@ def test_async_face_streams_the_same_bytes(worker: Worker, owner: uuid.UUID) -> 
 
     out, logged = asyncio.run(main())
     assert out == logged == b"".join(b"%d\n" % i for i in range(1, 50001))
+
+
+def test_hundreds_of_jobs_and_readers_share_one_reactor_thread(
+    worker: Worker, owner: uuid.UUID
+) -> None:
+    async def main() -> None:
+        aw = AsyncWorker(worker)
+        threads = threading.active_count()
+        jobs = [await aw.start(Command("seq", ["1", str(1000 + i)]), owner) for i in range(200)]
+
+        async def drain(job: uuid.UUID) -> bytes:
+            async with aw.stream(job, owner) as r:
+                return b"".join([c async for c in r])
+
+        outs = await asyncio.gather(*(drain(j) for j in jobs))
+        assert threading.active_count() == threads  # no thread per job or per reader
+        for i, out in enumerate(outs):
+            assert out == b"".join(b"%d\n" % k for k in range(1, 1001 + i))
+
+    asyncio.run(main())
