@@ -79,7 +79,7 @@ class Process:
         pid, pidfd, stage, err = _spawn.spawn(paths, argv, envp, command.cwd, out_fd, cgroup_procs)
         if stage == _spawn.STAGE_OK:
             return cls(pid, pidfd)
-        raise _start_error(command, stage, err)
+        raise _start_error(command, paths, stage, err)
 
     def send(self, sig: int, *, group: bool) -> None:
         """Signal the process (and its whole process group), unless already reaped."""
@@ -109,16 +109,16 @@ class Process:
         return -result.si_status  # CLD_KILLED or CLD_DUMPED: the signal number
 
 
-def _start_error(command: Command, stage: int, err: int) -> StartError:
+def _start_error(command: Command, paths: Sequence[str], stage: int, err: int) -> StartError:
     name = command.name
     if stage == _spawn.STAGE_EXEC:
         if err == errno.ENOENT:
             return CommandNotFound(err, f"command not found: {name}")
         if err == errno.EACCES:
+            # The candidates exec tried (from the job's PATH): say why the first refused.
+            found = next((p for p in paths if os.path.exists(p)), name)
             reason = (
-                "is a directory"
-                if os.path.isdir(_which(command) or name)
-                else ("permission denied (not executable?)")
+                "is a directory" if os.path.isdir(found) else "permission denied (not executable?)"
             )
             return StartError(err, f"cannot execute {name}: {reason}")
         return StartError(err, f"cannot execute {name}: {os.strerror(err)}")
@@ -127,13 +127,3 @@ def _start_error(command: Command, stage: int, err: int) -> StartError:
     if stage == _spawn.STAGE_CGROUP:
         return StartError(err, f"cannot join the job's cgroup: {os.strerror(err)}")
     return StartError(err, f"cannot set up the job's process: {os.strerror(err)}")
-
-
-def _which(command: Command) -> str | None:
-    if "/" in command.name:
-        return command.name
-    for d in os.environ.get("PATH", os.defpath).split(":"):
-        p = os.path.join(d or ".", command.name)
-        if os.path.exists(p):
-            return p
-    return None
