@@ -89,7 +89,6 @@ class Worker:
         """
         limits = limits or Limits()
         paths, argv, envp = prepare(command, self._env)
-        self.resource_control.validate(limits)
         with self._lock:
             self._check_open()
             self._starting += 1  # close() waits for this start to register its job
