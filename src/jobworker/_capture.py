@@ -39,7 +39,6 @@ from pathlib import Path
 __all__ = ["LogFile", "LogWriteError", "OutputPipe", "log_stem"]
 
 PIPE_SIZE = 1 << 20
-BATCH = 4 << 20  # per wake-up, so one chatty job cannot starve the others
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -140,17 +139,6 @@ class OutputPipe:
         with contextlib.suppress(OSError):
             fcntl.fcntl(self.read_fd, _F_SETPIPE_SZ, PIPE_SIZE)
 
-    def discard(self) -> bool:
-        """Throw away what the pipe holds now (bounded); return whether writers are gone."""
-        buffer = bytearray(1 << 16)
-        for _ in range(BATCH >> 16):
-            try:
-                if os.readv(self.read_fd, [buffer]) == 0:
-                    return True
-            except BlockingIOError:
-                return False
-        return False
-
     def close_write(self) -> None:
         if self.write_fd >= 0:
             os.close(self.write_fd)
@@ -162,30 +150,26 @@ class OutputPipe:
             os.close(self.read_fd)
             self.read_fd = -1
 
-    def drain_into(self, log_fd: int, buffer: bytearray) -> tuple[int, bool]:
-        """Move what the pipe holds now into the log: (bytes moved, writers all gone).
+    def copy_once(self, log_fd: int | None, buffer: bytearray) -> tuple[int, bool]:
+        """One read of what the pipe holds, into the log: (bytes moved, writers all gone).
 
-        ``buffer`` is scratch space owned by the calling thread; one read empties the
-        pipe when it is as large as the pipe.
+        ``(0, False)`` means the pipe is empty now.  ``buffer`` is scratch space owned by
+        the calling thread; one read empties the pipe when it is as large as the pipe.
+        With ``log_fd`` None the bytes are thrown away (the log takes no more).
         """
+        try:
+            n = os.readv(self.read_fd, [buffer])
+        except BlockingIOError:
+            return 0, False
+        if n == 0:
+            return 0, True
+        if log_fd is None:
+            return n, False
         view = memoryview(buffer)
-        moved = 0
-        while moved < BATCH:
-            try:
-                n = os.readv(self.read_fd, [buffer])
-            except BlockingIOError:
-                return moved, False
-            if n == 0:
-                return moved, True
-            done = 0
-            try:
-                while done < n:
-                    done += os.write(log_fd, view[done:n])
-            except OSError as e:
-                raise LogWriteError(e.errno or errno.EIO, e.strerror or str(e), moved + done) from e
-            moved += n
-            if n < len(buffer):
-                # Short: the pipe is empty now.  epoll is level-triggered and will say
-                # when more comes; asking again here would only cost an EAGAIN.
-                return moved, False
-        return moved, False
+        done = 0
+        try:
+            while done < n:
+                done += os.write(log_fd, view[done:n])
+        except OSError as e:
+            raise LogWriteError(e.errno or errno.EIO, e.strerror or str(e), done) from e
+        return n, False

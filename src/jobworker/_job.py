@@ -30,6 +30,7 @@ from collections.abc import Callable
 from ._capture import LogFile, LogWriteError, OutputPipe
 from ._errors import JobNotRunning
 from ._model import Command, JobInfo, Limits, Status, StopType
+from ._pipewatch import PipeSource
 from ._process import Process
 from ._reactor import Reactor, Timer
 from ._rescontrol import JobGroup
@@ -86,13 +87,14 @@ class Job:
         self._exit: int | None = None  # code, or -signal
         self._events_fd = -1
         self._pipe_open = True
+        self._pipe_source = PipeSource(pipe.read_fd, self._on_output)
         self._log_failed = False
 
     # -- wiring ------------------------------------------------------------------------
 
     def attach(self) -> None:
         """Start watching the job's pidfd and pipe (from any thread)."""
-        self._reactor.register(self._pipe.read_fd, select.EPOLLIN, self._on_output)
+        self._reactor.add_pipe(self._pipe_source)
         self._reactor.register(self._process.pidfd, select.EPOLLIN, self._on_exit)
 
     # -- reader side (any thread) -------------------------------------------------------
@@ -171,26 +173,27 @@ class Job:
 
     # -- reactor callbacks --------------------------------------------------------------
 
-    def _on_output(self, _mask: int) -> None:
+    def _on_output(self) -> bool:
+        """Copy one read's worth of output into the log; True if there was any."""
         if not self._pipe_open:
-            return
-        if self._log_failed:
-            moved, eof = 0, self._pipe.discard()
-        else:
-            try:
-                moved, eof = self._pipe.drain_into(self._log.fd, self._reactor.scratch)
-            except LogWriteError as e:
-                # The log takes no more (disk full, ...).  Keep what reached it, and from
-                # now on drain the pipe into nothing, so the job never blocks on it.
-                log.error("jobworker: job %s: log write failed (%s); discarding", self.id, e)
-                self._log_failed = True
-                moved, eof = e.moved, False
+            return False
+        log_fd = None if self._log_failed else self._log.fd
+        try:
+            got, eof = self._pipe.copy_once(log_fd, self._reactor.scratch)
+            moved = 0 if self._log_failed else got
+        except LogWriteError as e:
+            # The log takes no more (disk full, ...).  Keep what reached it, and from
+            # now on drain the pipe into nothing, so the job never blocks on it.
+            log.error("jobworker: job %s: log write failed (%s); discarding", self.id, e)
+            self._log_failed = True
+            got, moved, eof = 1, e.moved, False
         waiters = self._advance(moved) if moved else []
         for w in waiters:
             w()
         if eof:
             self._close_pipe()
             self._maybe_finish()
+        return got > 0
 
     def _advance(self, moved: int) -> list[Waiter]:
         with self.lock:
@@ -244,14 +247,18 @@ class Job:
             why,
         )
         if self._pipe_open:
-            self._on_output(0)  # whatever they wrote until now still counts
+            # Whatever they wrote until now still counts (a pipe's worth, or a few reads
+            # if they keep writing).
+            for _ in range(4):
+                if not self._on_output():
+                    break
             self._close_pipe()
         self._finish()
 
     def _close_pipe(self) -> None:
         if self._pipe_open:
             self._pipe_open = False
-            self._reactor.unregister(self._pipe.read_fd)
+            self._reactor.remove_pipe(self._pipe_source)
             self._pipe.close()
 
     def _maybe_finish(self) -> None:

@@ -2,8 +2,13 @@
 
 Every job's exit (its pidfd), output (its pipe) and cgroup emptiness (``cgroup.events``)
 are file descriptors, so one thread can supervise thousands of jobs without polling and
-without a thread per job.  Callbacks run on that thread, one at a time; that is what
-makes sending a signal and reaping the same pid mutually exclusive without locks.
+without a thread per job.  Pipes are the exception to "register and wait": epoll would
+make every write into them dearer, so the reactor learns of their data through a signal
+read from a signalfd instead (``_pipewatch``) and keeps a pipe in its run queue, one
+read per loop turn, for as long as it has data.
+
+Callbacks run on that thread, one at a time; that is what makes sending a signal and
+reaping the same pid mutually exclusive without locks.
 
 Other threads hand work over with ``call_soon`` (woken through an eventfd) and may
 ``register``/``unregister`` directly: ``epoll_ctl`` is safe to call while another
@@ -22,6 +27,8 @@ import select
 import threading
 import time
 from collections.abc import Callable
+
+from ._pipewatch import PipeSource, PipeWatcher
 
 __all__ = ["Reactor", "Timer"]
 
@@ -59,11 +66,25 @@ class Reactor:
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._closing = False
+        self._runnable: collections.deque[PipeSource] = collections.deque()
+        self._watcher: PipeWatcher | None = None  # set up on the thread: see _setup
         # Scratch space for callbacks: they run one at a time on this thread, so one
         # buffer serves every job's output copy.
         self.scratch = bytearray(SCRATCH_SIZE)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._set_up = threading.Event()
         self._thread.start()
+        self._set_up.wait()
+
+    def _setup(self) -> None:
+        # The pipe watcher blocks its signals in, and has them sent to, this thread.
+        try:
+            self._watcher = PipeWatcher()
+        except OSError as e:
+            log.warning("jobworker: no signals for pipes (%s); polling them with epoll", e)
+        else:
+            self._epoll.register(self._watcher.fd, select.EPOLLIN)
+        self._set_up.set()
 
     @property
     def in_reactor(self) -> bool:
@@ -79,6 +100,67 @@ class Reactor:
         self._handlers.pop(fd, None)
         with contextlib.suppress(OSError):
             self._epoll.unregister(fd)
+
+    def add_pipe(self, source: PipeSource) -> None:
+        """Call ``source.on_ready`` on the reactor thread whenever its pipe may have data.
+
+        ``on_ready`` reads once and returns whether it got data; at EOF it calls
+        ``remove_pipe``.  Thread-safe.
+        """
+        self.call_soon(lambda: self._start_pipe(source))
+
+    def remove_pipe(self, source: PipeSource) -> None:
+        """Stop reading ``source`` (reactor thread); the caller closes its fd afterwards."""
+        assert self.in_reactor
+        if source.closed:
+            return
+        source.closed = True
+        if source.polled:
+            self.unregister(source.fd)
+        elif self._watcher is not None:
+            self._watcher.disarm(source)
+
+    def _start_pipe(self, source: PipeSource) -> None:
+        if source.closed:
+            return
+        if self._watcher is None:
+            self._poll_pipe(source)
+            return
+        try:
+            self._watcher.add(source)
+        except OSError as e:
+            log.warning("jobworker: cannot arm pipe fd %d (%s); polling it", source.fd, e)
+            self._poll_pipe(source)
+            return
+        self._service(source)
+
+    def _poll_pipe(self, source: PipeSource) -> None:
+        # The fallback: level-triggered epoll calls on_ready while the pipe has data.
+        source.polled = True
+
+        def on_event(_mask: int) -> None:
+            source.on_ready()
+
+        self.register(source.fd, select.EPOLLIN, on_event)
+
+    def _service(self, source: PipeSource) -> None:
+        if source.closed or source.polled:
+            return
+        if source.on_ready():
+            self._queue(source)
+            return
+        if source.closed:
+            return
+        assert self._watcher is not None
+        self._watcher.arm(source)
+        # A write made between the empty read and the arming sent no signal.
+        if source.on_ready() and not source.closed:
+            self._queue(source)
+
+    def _queue(self, source: PipeSource) -> None:
+        if not source.queued:
+            source.queued = True
+            self._runnable.append(source)
 
     def call_soon(self, callback: Callback) -> None:
         """Run ``callback`` on the reactor thread (thread-safe)."""
@@ -106,9 +188,11 @@ class Reactor:
         self._thread.join()
         self._epoll.close()
         os.close(self._wake_fd)
+        if self._watcher is not None:
+            self._watcher.close()
 
     def _timeout(self) -> float:
-        if self._ready:
+        if self._ready or self._runnable:
             return 0
         while self._timers and self._timers[0][2].cancelled:
             heapq.heappop(self._timers)
@@ -117,7 +201,10 @@ class Reactor:
         return max(0.0, self._timers[0][0] - time.monotonic())
 
     def _run(self) -> None:
+        self._setup()
         handlers = self._handlers
+        watcher_fd = -1 if self._watcher is None else self._watcher.fd
+        runnable = self._runnable
         while not self._closing:
             try:
                 events = self._epoll.poll(self._timeout())
@@ -128,6 +215,11 @@ class Reactor:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(self._wake_fd)
                     continue
+                if fd == watcher_fd:
+                    assert self._watcher is not None
+                    for source in self._watcher.ready():
+                        self._queue(source)
+                    continue
                 handler = handlers.get(fd)
                 if handler is not None:
                     self._guard(handler, mask)
@@ -137,9 +229,14 @@ class Reactor:
             # Only what is queued now: a callback that queues another yields to epoll.
             for _ in range(len(self._ready)):
                 self._guard(self._ready.popleft())
+            # One read per busy pipe per turn, so that every job's output gets its turn.
+            for _ in range(len(runnable)):
+                source = runnable.popleft()
+                source.queued = False
+                self._guard(self._service, source)
 
     @staticmethod
-    def _guard(fn: Callable[..., None], *args: int) -> None:
+    def _guard(fn: Callable[..., None], *args: object) -> None:
         try:
             fn(*args)
         except Exception:

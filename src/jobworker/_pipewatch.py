@@ -1,0 +1,159 @@
+"""Learning that a job's pipe has data without ever polling the pipe.
+
+Why not simply epoll: once anything has polled a pipe (poll, select, epoll), the kernel's
+``pipe_write`` wakes the pipe's reader wait queue on *every* write for the rest of the
+pipe's life (``pipe->poll_usage``), not only when the pipe was empty.  For a job making
+small writes that is a large part of the cost of each write: 256 MiB in 100-byte writes
+cost the job 0.87 s of CPU under an epoll copier against 0.59 s under a blocked reader
+(and 0.71 s even if the pipe leaves the epoll set whenever the copier is busy).  An event
+loop cannot block in ``read`` on a thousand pipes, and a thread per job is too many.
+
+What the reactor does instead, per pipe:
+
+1. read it (non-blocking) for as long as reads return data, one read per loop turn so
+   that every busy pipe gets its turn;
+2. when a read finds it empty, arm it: ``O_ASYNC`` on the read end makes the kernel send
+   a signal (``fasync``) when a writer adds data, when a writer has to wait for room,
+   and when the last writer goes; then read once more, since a write made between the
+   empty read and the arming sent nothing;
+3. the signal, directed at the reactor thread (``F_SETOWN_EX``) and blocked there, is
+   read from a ``signalfd`` that epoll watches, never delivered; it carries the pipe's
+   fd (``F_SETSIG``).  The reactor disarms the pipe and goes back to 1.
+
+So a writer pays for a few signals per burst and nothing per write while the reactor is
+copying: the same 256 MiB cost the job 0.57 s.  inotify (``IN_MODIFY``) would do for
+small writes but not for a single ``write`` larger than the pipe: it reports a write
+only once the call returns, and that call waits for a reader that is waiting for it.
+The pipe's ``fasync`` is told before the writer sleeps.
+
+If the signal queue overflows, the kernel sends SIGIO instead, which says "some pipe":
+every armed pipe is read.  Where any of this is refused, pipes fall back to epoll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import struct
+import threading
+from collections.abc import Callable
+
+from . import _signalfd
+
+__all__ = ["SIGNAL", "PipeSource", "PipeWatcher"]
+
+log = logging.getLogger("jobworker")
+
+# A real-time signal, so that each one is queued with the fd it is about; it is only ever
+# directed at (and blocked in) a reactor thread.  Python and glibc use none above SIGRTMIN.
+SIGNAL = signal.SIGRTMIN + 9
+_F_SETOWN_EX = 15
+_F_OWNER_TID = 0
+
+
+class PipeSource:
+    """One pipe the reactor copies from; ``on_ready`` reads it once.
+
+    ``on_ready`` returns True if the read got data (more may follow), False if the pipe
+    was empty.  At EOF it calls ``Reactor.remove_pipe`` itself.
+    """
+
+    __slots__ = ("armed", "closed", "fd", "flags", "on_ready", "polled", "queued")
+
+    def __init__(self, fd: int, on_ready: Callable[[], bool]) -> None:
+        self.fd = fd
+        self.on_ready = on_ready
+        self.flags = 0  # the read end's file status flags, without O_ASYNC
+        self.armed = False
+        self.queued = False  # in the reactor's run queue
+        self.polled = False  # fell back to epoll
+        self.closed = False
+
+
+class PipeWatcher:
+    """The reactor thread's signalfd, and which pipe is armed.
+
+    Created on the reactor thread: the signal mask is per thread.
+    """
+
+    def __init__(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {SIGNAL, signal.SIGIO})
+        self._tid = threading.get_native_id()
+        self.fd = _signalfd.signalfd(
+            [SIGNAL, signal.SIGIO], _signalfd.SFD_NONBLOCK | _signalfd.SFD_CLOEXEC
+        )
+        self._armed: dict[int, PipeSource] = {}  # by fd
+        self.overflows = 0  # times the signal queue overflowed (SIGIO came instead)
+        try:
+            self._check()
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _check(self) -> None:
+        """Refuse a kernel (or sandbox) where an armed pipe's write sends nothing: jobs
+        would hang silently."""
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            source = PipeSource(r, lambda: False)
+            self.add(source)
+            self.arm(source)
+            os.write(w, b"x")
+            if source not in self.ready():
+                raise OSError("an armed pipe sent no signal")
+        finally:
+            self._armed.pop(r, None)
+            os.close(r)
+            os.close(w)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def add(self, source: PipeSource) -> None:
+        """Make ``source``'s signals come to this thread, carrying its fd."""
+        fcntl.fcntl(source.fd, _F_SETOWN_EX, struct.pack("ii", _F_OWNER_TID, self._tid))
+        fcntl.fcntl(source.fd, fcntl.F_SETSIG, SIGNAL)
+        source.flags = fcntl.fcntl(source.fd, fcntl.F_GETFL) & ~os.O_ASYNC
+
+    def arm(self, source: PipeSource) -> None:
+        """Signal on ``source``'s next write (or writers' end)."""
+        fcntl.fcntl(source.fd, fcntl.F_SETFL, source.flags | os.O_ASYNC)
+        source.armed = True
+        self._armed[source.fd] = source
+
+    def disarm(self, source: PipeSource) -> None:
+        """No more signals: while the reactor copies, each write would send one."""
+        if source.armed:
+            source.armed = False
+            self._armed.pop(source.fd, None)
+            # EBADF cannot happen (the caller closes after), but a dying pipe must not
+            # make the reactor fail.
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(source.fd, fcntl.F_SETFL, source.flags)
+
+    def ready(self) -> list[PipeSource]:
+        """Read the queued signals: the armed pipes that got a write (or lost writers),
+        now disarmed."""
+        ready: list[PipeSource] = []
+        size = _signalfd.SIGINFO_SIZE
+        while True:
+            try:
+                data = os.read(self.fd, size * 64)
+            except BlockingIOError:
+                return ready
+            for offset in range(0, len(data), size):
+                (signo,) = struct.unpack_from("I", data, offset)
+                if signo == signal.SIGIO:
+                    # The signal queue overflowed: any armed pipe may have data.
+                    self.overflows += 1
+                    sources = list(self._armed.values())
+                else:
+                    (fd,) = struct.unpack_from("i", data, offset + _signalfd.FD_OFFSET)
+                    found = self._armed.get(fd)
+                    sources = [] if found is None else [found]
+                for source in sources:
+                    self.disarm(source)
+                    ready.append(source)
