@@ -173,10 +173,10 @@ class Job:
 
     # -- reactor callbacks --------------------------------------------------------------
 
-    def _on_output(self) -> bool:
-        """Copy one read's worth of output into the log; True if there was any."""
+    def _on_output(self) -> int:
+        """Copy one read's worth of output into the log; return the bytes read."""
         if not self._pipe_open:
-            return False
+            return 0
         log_fd = None if self._log_failed else self._log.fd
         try:
             got, eof = self._pipe.copy_once(log_fd, self._reactor.scratch)
@@ -193,7 +193,7 @@ class Job:
         if eof:
             self._close_pipe()
             self._maybe_finish()
-        return got > 0
+        return got
 
     def _advance(self, moved: int) -> list[Waiter]:
         with self.lock:

@@ -57,13 +57,13 @@ _F_OWNER_TID = 0
 class PipeSource:
     """One pipe the reactor copies from; ``on_ready`` reads it once.
 
-    ``on_ready`` returns True if the read got data (more may follow), False if the pipe
-    was empty.  At EOF it calls ``Reactor.remove_pipe`` itself.
+    ``on_ready`` returns how many bytes the read got (0: the pipe was empty).  At EOF it
+    calls ``Reactor.remove_pipe`` itself.
     """
 
     __slots__ = ("armed", "closed", "fd", "flags", "on_ready", "polled", "queued")
 
-    def __init__(self, fd: int, on_ready: Callable[[], bool]) -> None:
+    def __init__(self, fd: int, on_ready: Callable[[], int]) -> None:
         self.fd = fd
         self.on_ready = on_ready
         self.flags = 0  # the read end's file status flags, without O_ASYNC
@@ -98,11 +98,11 @@ class PipeWatcher:
         would hang silently."""
         r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            source = PipeSource(r, lambda: False)
+            source = PipeSource(r, lambda: 0)
             self.add(source)
             self.arm(source)
             os.write(w, b"x")
-            if source not in self.ready():
+            if (source, 1) not in self.ready():
                 raise OSError("an armed pipe sent no signal")
         finally:
             self._armed.pop(r, None)
@@ -125,7 +125,8 @@ class PipeWatcher:
         self._armed[source.fd] = source
 
     def disarm(self, source: PipeSource) -> None:
-        """No more signals: while the reactor copies, each write would send one."""
+        """No more signals: while the reactor copies a busy pipe, each write would send
+        one."""
         if source.armed:
             source.armed = False
             self._armed.pop(source.fd, None)
@@ -134,26 +135,26 @@ class PipeWatcher:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(source.fd, fcntl.F_SETFL, source.flags)
 
-    def ready(self) -> list[PipeSource]:
-        """Read the queued signals: the armed pipes that got a write (or lost writers),
-        now disarmed."""
-        ready: list[PipeSource] = []
+    def ready(self) -> list[tuple[PipeSource, int]]:
+        """Read the queued signals: the armed pipes that got writes (or lost writers),
+        each with how many signals it sent (more than one: a busy writer)."""
+        counts: dict[PipeSource, int] = {}
         size = _signalfd.SIGINFO_SIZE
         while True:
             try:
                 data = os.read(self.fd, size * 64)
             except BlockingIOError:
-                return ready
+                return list(counts.items())
             for offset in range(0, len(data), size):
                 (signo,) = struct.unpack_from("I", data, offset)
                 if signo == signal.SIGIO:
-                    # The signal queue overflowed: any armed pipe may have data.
+                    # The signal queue overflowed: any armed pipe may have data, and
+                    # some write a lot.
                     self.overflows += 1
-                    sources = list(self._armed.values())
-                else:
-                    (fd,) = struct.unpack_from("i", data, offset + _signalfd.FD_OFFSET)
-                    found = self._armed.get(fd)
-                    sources = [] if found is None else [found]
-                for source in sources:
-                    self.disarm(source)
-                    ready.append(source)
+                    for source in self._armed.values():
+                        counts[source] = counts.get(source, 0) + 2
+                    continue
+                (fd,) = struct.unpack_from("i", data, offset + _signalfd.FD_OFFSET)
+                found = self._armed.get(fd)
+                if found is not None:
+                    counts[found] = counts.get(found, 0) + 1

@@ -104,8 +104,8 @@ class Reactor:
     def add_pipe(self, source: PipeSource) -> None:
         """Call ``source.on_ready`` on the reactor thread whenever its pipe may have data.
 
-        ``on_ready`` reads once and returns whether it got data; at EOF it calls
-        ``remove_pipe``.  Thread-safe.
+        ``on_ready`` reads once (at most ``SCRATCH_SIZE`` bytes) and returns how many
+        bytes it got; at EOF it calls ``remove_pipe``.  Thread-safe.
         """
         self.call_soon(lambda: self._start_pipe(source))
 
@@ -144,6 +144,7 @@ class Reactor:
         self.register(source.fd, select.EPOLLIN, on_event)
 
     def _service(self, source: PipeSource) -> None:
+        """A turn of a busy pipe: read; once a read finds it empty, arm it."""
         if source.closed or source.polled:
             return
         if source.on_ready():
@@ -154,7 +155,26 @@ class Reactor:
         assert self._watcher is not None
         self._watcher.arm(source)
         # A write made between the empty read and the arming sent no signal.
-        if source.on_ready() and not source.closed:
+        self._read_armed(source)
+
+    def _on_signals(self, source: PipeSource, count: int) -> None:
+        if source.closed or source.queued or not source.armed:
+            return
+        if count > 1:
+            # A busy writer: each of its writes costs it a signal while the pipe is
+            # armed.  Disarm, and read until the pipe is empty.
+            assert self._watcher is not None
+            self._watcher.disarm(source)
+            self._queue(source)
+            return
+        # One write (a line, say): read it and stay armed, which costs no system call;
+        # a write after this read signals again.
+        self._read_armed(source)
+
+    def _read_armed(self, source: PipeSource) -> None:
+        if source.on_ready() >= SCRATCH_SIZE and not source.closed:
+            assert self._watcher is not None
+            self._watcher.disarm(source)
             self._queue(source)
 
     def _queue(self, source: PipeSource) -> None:
@@ -217,8 +237,8 @@ class Reactor:
                     continue
                 if fd == watcher_fd:
                     assert self._watcher is not None
-                    for source in self._watcher.ready():
-                        self._queue(source)
+                    for source, count in self._watcher.ready():
+                        self._guard(self._on_signals, source, count)
                     continue
                 handler = handlers.get(fd)
                 if handler is not None:
