@@ -94,6 +94,7 @@ class Job:
 
     def attach(self) -> None:
         """Start watching the job's pidfd and pipe (from any thread)."""
+        # The pipe first: the exit handler reads it once armed (see _on_exit).
         self._reactor.add_pipe(self._pipe_source)
         self._reactor.register(self._process.pidfd, select.EPOLLIN, self._on_exit)
 
@@ -212,6 +213,9 @@ class Job:
         code = self._process.reap()
         with self.lock:
             self._exit = code
+        # If every writer was gone before the pipe was armed, nothing will say so.
+        if self._pipe_open:
+            self._reactor.poke_pipe(self._pipe_source)
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         if self._pipe_open or self._group_populated():

@@ -38,6 +38,8 @@ import logging
 import os
 import signal
 import struct
+import sys
+import termios
 import threading
 from collections.abc import Callable
 
@@ -124,6 +126,12 @@ class PipeWatcher:
         source.armed = True
         self._armed[source.fd] = source
 
+    def pending(self, source: PipeSource) -> bool:
+        """Whether ``source``'s pipe holds data (``FIONREAD``: it does not poll)."""
+        buf = bytearray(4)
+        fcntl.ioctl(source.fd, termios.FIONREAD, buf)
+        return int.from_bytes(buf, sys.byteorder) > 0
+
     def disarm(self, source: PipeSource) -> None:
         """No more signals: while the reactor copies a busy pipe, each write would send
         one."""
@@ -151,7 +159,8 @@ class PipeWatcher:
                     # The signal queue overflowed: any armed pipe may have data, and
                     # some write a lot.
                     self.overflows += 1
-                    for source in self._armed.values():
+                    # (a copy: other threads arm pipes meanwhile)
+                    for source in list(self._armed.values()):
                         counts[source] = counts.get(source, 0) + 2
                     continue
                 (fd,) = struct.unpack_from("i", data, offset + _signalfd.FD_OFFSET)

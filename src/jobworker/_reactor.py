@@ -105,9 +105,30 @@ class Reactor:
         """Call ``source.on_ready`` on the reactor thread whenever its pipe may have data.
 
         ``on_ready`` reads once (at most ``SCRATCH_SIZE`` bytes) and returns how many
-        bytes it got; at EOF it calls ``remove_pipe``.  Thread-safe.
+        bytes it got; at EOF it calls ``remove_pipe``.  Thread-safe, and it arms the
+        pipe in the caller's thread, so starting a job does not wake the reactor.
+
+        The last writer closing *before* the arming sends nothing: whoever knows the
+        writers are gone (the job, from its pidfd) calls ``poke_pipe``.
         """
-        self.call_soon(lambda: self._start_pipe(source))
+        if self._watcher is None:
+            self._poll_pipe(source)
+            return
+        try:
+            self._watcher.add(source)
+            self._watcher.arm(source)
+        except OSError as e:
+            log.warning("jobworker: cannot arm pipe fd %d (%s); polling it", source.fd, e)
+            self._poll_pipe(source)
+            return
+        # Data written before the arming sent no signal.
+        if self._watcher.pending(source):
+            self.call_soon(lambda: self._on_signals(source, 2))
+
+    def poke_pipe(self, source: PipeSource) -> None:
+        """Read ``source`` now, as if it had signalled (reactor thread)."""
+        if not (source.closed or source.queued or source.polled):
+            self._read_armed(source)
 
     def remove_pipe(self, source: PipeSource) -> None:
         """Stop reading ``source`` (reactor thread); the caller closes its fd afterwards."""
@@ -119,20 +140,6 @@ class Reactor:
             self.unregister(source.fd)
         elif self._watcher is not None:
             self._watcher.disarm(source)
-
-    def _start_pipe(self, source: PipeSource) -> None:
-        if source.closed:
-            return
-        if self._watcher is None:
-            self._poll_pipe(source)
-            return
-        try:
-            self._watcher.add(source)
-        except OSError as e:
-            log.warning("jobworker: cannot arm pipe fd %d (%s); polling it", source.fd, e)
-            self._poll_pipe(source)
-            return
-        self._service(source)
 
     def _poll_pipe(self, source: PipeSource) -> None:
         # The fallback: level-triggered epoll calls on_ready while the pipe has data.
