@@ -6,19 +6,21 @@ pipe holds with one ``readv`` into a 1 MiB scratch buffer and one ``write`` to t
 memory stays bounded whatever the job writes (a 64 MiB line without a newline included),
 and a burst of small writes costs one pair of system calls.
 
-Measured on this machine (bench/capture.py), and why not the alternatives:
+Measured on this machine (bench/capture.py, bench/diag_capture.py), and why not the
+alternatives:
 
-- ``splice(2)`` pipe-to-file avoids the copy through user space, but the pages it moves
-  are not recycled by the pipe, so the *writer* allocates a fresh page for nearly every
-  small write: 100-byte writes ran at 0.49x of a plain copy loop, against 0.70x here.
+- ``splice(2)`` pipe-to-file avoids the copy through user space, but it keeps the pipe
+  locked while it writes the file, so the job waits on that lock for nearly every small
+  write: 100-byte writes ran at 0.28x of a blocking copy loop.
 - The kernel redirect (the child writes the log itself) is fastest for 64 KiB writes,
   but each small ``write()`` into an ext4 file costs about 2.6x one into a pipe, and it
   leaves the worker no event to wake readers on.
-- What keeps this below a blocking copy loop for small writes is the kernel, not the
-  copy: once a pipe has been polled, ``pipe_write`` wakes the reader's wait queue on
-  *every* write (``pipe->poll_usage``), not only when the pipe was empty.  Registering the
-  pipe in epoll alone makes a 100-byte ``write()`` about 45% dearer for the job.  An
-  event loop over many pipes cannot avoid polling them; a thread per job could.
+- How the reactor learns that a pipe has data matters as much as the copy: see
+  ``_pipewatch`` (it never polls the pipe, since polling makes every write dearer).
+- For large writes any pipe costs two copies where the redirect costs one: the copier
+  must put every byte into the page cache, the whole of the redirect's work, after
+  taking it out of the pipe.  In C, with either read+write or splice, that caps pipe
+  capture at about 0.6x of the redirect for 64 KiB writes on this machine.
 
 The log file is created before the job starts, with no name (``O_TMPFILE``), mode 0600,
 then linked as ``{name}_{pid}.log`` once the pid is known.  ``link`` never replaces and

@@ -10,24 +10,29 @@ loop cannot block in ``read`` on a thousand pipes, and a thread per job is too m
 
 What the reactor does instead, per pipe:
 
-1. read it (non-blocking) for as long as reads return data, one read per loop turn so
-   that every busy pipe gets its turn;
-2. when a read finds it empty, arm it: ``O_ASYNC`` on the read end makes the kernel send
-   a signal (``fasync``) when a writer adds data, when a writer has to wait for room,
-   and when the last writer goes; then read once more, since a write made between the
-   empty read and the arming sent nothing;
-3. the signal, directed at the reactor thread (``F_SETOWN_EX``) and blocked there, is
-   read from a ``signalfd`` that epoll watches, never delivered; it carries the pipe's
-   fd (``F_SETSIG``).  The reactor disarms the pipe and goes back to 1.
+1. the pipe starts *armed*: ``O_ASYNC`` on its read end makes the kernel send a signal
+   (``fasync``) when a writer adds data, when a writer has to wait for room, and when
+   the last writer goes.  The signal is directed at the reactor thread
+   (``F_SETOWN_EX``), blocked there and read from a ``signalfd`` that epoll watches, so
+   it is never delivered; it carries the pipe's fd (``F_SETSIG``).  Arming happens in
+   the thread that starts the job (``FIONREAD`` catches output written before it);
+2. one signal (a line, say): one read, and the pipe stays armed;
+3. several signals since the last look (a busy writer, each of whose writes now costs
+   it a signal), or a read that filled the buffer: disarm, and read the pipe once per
+   loop turn, so that every busy pipe gets its turn, until a read finds it empty; then
+   arm it again and read once more, since a write between that read and the arming
+   sent nothing.
 
-So a writer pays for a few signals per burst and nothing per write while the reactor is
-copying: the same 256 MiB cost the job 0.57 s.  inotify (``IN_MODIFY``) would do for
-small writes but not for a single ``write`` larger than the pipe: it reports a write
-only once the call returns, and that call waits for a reader that is waiting for it.
-The pipe's ``fasync`` is told before the writer sleeps.
+So a busy writer pays for a few signals per burst and nothing per write while the
+reactor copies: the same 256 MiB cost the job 0.57-0.65 s, as under a blocked reader
+(bench/diag_capture.py).  inotify (one-shot ``IN_MODIFY``) costs the same for small
+writes but hangs on a single ``write`` larger than the pipe: it reports a write when
+the call returns, and that call waits for a reader that waits for the report.  fasync
+is told before the writer sleeps.
 
-If the signal queue overflows, the kernel sends SIGIO instead, which says "some pipe":
-every armed pipe is read.  Where any of this is refused, pipes fall back to epoll.
+If the signal queue overflows, the kernel sends SIGIO instead, which says only "some
+pipe": every armed pipe is read.  Where any of this is refused, pipes fall back to
+epoll.
 """
 
 from __future__ import annotations
