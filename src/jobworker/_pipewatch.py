@@ -150,19 +150,23 @@ class PipeWatcher:
 
     def ready(self) -> list[tuple[PipeSource, int]]:
         """Read the queued signals: the armed pipes that got writes (or lost writers),
-        each with how many signals it sent (more than one: a busy writer)."""
+        each with how many signals it sent.
+
+        A pipe that sent more than one has a busy writer, each of whose writes queues
+        another signal while the pipe is armed: it is disarmed here, at once, so that
+        the queue stops growing and this loop ends.
+        """
         counts: dict[PipeSource, int] = {}
-        size = _signalfd.SIGINFO_SIZE
+        full = _signalfd.SIGINFO_SIZE * 64
         while True:
             try:
-                data = os.read(self.fd, size * 64)
+                data = os.read(self.fd, full)
             except BlockingIOError:
-                return list(counts.items())
-            for offset in range(0, len(data), size):
+                break
+            for offset in range(0, len(data), _signalfd.SIGINFO_SIZE):
                 (signo,) = struct.unpack_from("I", data, offset)
                 if signo == signal.SIGIO:
-                    # The signal queue overflowed: any armed pipe may have data, and
-                    # some write a lot.
+                    # The signal queue overflowed: any armed pipe may have data.
                     self.overflows += 1
                     # (a copy: other threads arm pipes meanwhile)
                     for source in list(self._armed.values()):
@@ -172,3 +176,9 @@ class PipeWatcher:
                 found = self._armed.get(fd)
                 if found is not None:
                     counts[found] = counts.get(found, 0) + 1
+            for source, count in counts.items():
+                if count > 1:
+                    self.disarm(source)
+            if len(data) < full:
+                break
+        return list(counts.items())

@@ -161,22 +161,25 @@ class Reactor:
             return
         assert self._watcher is not None
         self._watcher.arm(source)
-        # A write made between the empty read and the arming sent no signal.
-        self._read_armed(source)
+        # A write made between the empty read and the arming sent no signal.  If there
+        # was one, the writer is still busy: back to reading it unarmed.
+        if source.on_ready() and not source.closed:
+            self._watcher.disarm(source)
+            self._queue(source)
 
     def _on_signals(self, source: PipeSource, count: int) -> None:
-        if source.closed or source.queued or not source.armed:
+        if source.closed or source.queued:
             return
         if count > 1:
             # A busy writer: each of its writes costs it a signal while the pipe is
-            # armed.  Disarm, and read until the pipe is empty.
+            # armed.  Disarm (the watcher did already), and read until it is empty.
             assert self._watcher is not None
             self._watcher.disarm(source)
             self._queue(source)
-            return
-        # One write (a line, say): read it and stay armed, which costs no system call;
-        # a write after this read signals again.
-        self._read_armed(source)
+        elif source.armed:
+            # One write (a line, say): read it and stay armed, which costs no system
+            # call; a write after this read signals again.
+            self._read_armed(source)
 
     def _read_armed(self, source: PipeSource) -> None:
         if source.on_ready() >= SCRATCH_SIZE and not source.closed:
