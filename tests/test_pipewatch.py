@@ -7,14 +7,19 @@ signal queue overflowing, and the epoll fallback.
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import jobworker._reactor
 from jobworker import Command, NoCgroups, State, Worker
+from jobworker._pipewatch import PipeSource
+from jobworker._reactor import Reactor
 
 from conftest import PY
 
@@ -92,3 +97,68 @@ def test_without_signals_pipes_are_polled(
         assert run(w, owner, f"import os\nos.write(1, b'y' * {BIG})") == b"y" * BIG
         assert run(w, owner, "print('small')") == b"small\n"
     assert "polling them with epoll" in caplog.text
+
+
+class Collector:
+    """An ``on_ready`` that reads its pipe once, as a job does, and keeps the bytes."""
+
+    def __init__(self, reactor: Reactor, fd: int) -> None:
+        self.reactor = reactor
+        self.source = PipeSource(fd, self.on_ready)
+        self.data = bytearray()
+        self.got = threading.Event()
+        self.eof = threading.Event()
+
+    def on_ready(self) -> int:
+        try:
+            chunk = os.read(self.source.fd, 1 << 20)
+        except BlockingIOError:
+            return 0
+        if not chunk:
+            self.reactor.remove_pipe(self.source)
+            self.eof.set()
+        self.data += chunk
+        self.got.set()
+        return len(chunk)
+
+
+@pytest.fixture
+def reactor() -> Iterator[Reactor]:
+    r = Reactor()
+    yield r
+    r.close()
+
+
+def test_output_written_before_the_arming_is_read(reactor: Reactor) -> None:
+    # Written before the pipe was armed, so no signal: the arming looks (FIONREAD).
+    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        os.write(w, b"early")
+        c = Collector(reactor, r)
+        reactor.add_pipe(c.source)
+        assert c.got.wait(5)  # with no write or close after the arming
+        assert bytes(c.data) == b"early"
+        os.close(w)
+        w = -1
+        assert c.eof.wait(5)
+        assert bytes(c.data) == b"early"
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_writers_gone_before_the_arming_need_a_poke(reactor: Reactor) -> None:
+    # Nobody signals the end of writers that left before the arming; a job's exit
+    # handler pokes the pipe, and the poke must find the end.
+    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        os.close(w)
+        c = Collector(reactor, r)
+        reactor.add_pipe(c.source)
+        assert not c.eof.wait(0.2)
+        reactor.call_soon(lambda: reactor.poke_pipe(c.source))
+        assert c.eof.wait(5)
+        assert bytes(c.data) == b""
+    finally:
+        os.close(r)
