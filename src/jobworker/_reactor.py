@@ -167,6 +167,11 @@ class Reactor:
             self._watcher.disarm(source)
             self._queue(source)
 
+    def _on_watcher(self) -> None:
+        assert self._watcher is not None
+        for source, count in self._watcher.ready():
+            self._guard(self._on_signals, source, count)
+
     def _on_signals(self, source: PipeSource, count: int) -> None:
         if source.closed or source.queued:
             return
@@ -246,9 +251,7 @@ class Reactor:
                         os.eventfd_read(self._wake_fd)
                     continue
                 if fd == watcher_fd:
-                    assert self._watcher is not None
-                    for source, count in self._watcher.ready():
-                        self._guard(self._on_signals, source, count)
+                    self._guard(self._on_watcher)
                     continue
                 handler = handlers.get(fd)
                 if handler is not None:
