@@ -59,6 +59,10 @@ log = logging.getLogger("jobworker")
 SIGNAL = signal.SIGRTMIN + 9
 _F_SETOWN_EX = 15
 _F_OWNER_TID = 0
+# struct signalfd_siginfo: ssi_signo first, ssi_fd further in, the rest skipped.
+_SIGINFO = struct.Struct(
+    f"I{_signalfd.FD_OFFSET - 4}xi{_signalfd.SIGINFO_SIZE - _signalfd.FD_OFFSET - 4}x"
+)
 
 
 class PipeSource:
@@ -163,8 +167,7 @@ class PipeWatcher:
                 data = os.read(self.fd, full)
             except BlockingIOError:
                 break
-            for offset in range(0, len(data), _signalfd.SIGINFO_SIZE):
-                (signo,) = struct.unpack_from("I", data, offset)
+            for signo, fd in _SIGINFO.iter_unpack(data):
                 if signo == signal.SIGIO:
                     # The signal queue overflowed: any armed pipe may have data.
                     self.overflows += 1
@@ -172,7 +175,6 @@ class PipeWatcher:
                     for source in list(self._armed.values()):
                         counts[source] = counts.get(source, 0) + 2
                     continue
-                (fd,) = struct.unpack_from("i", data, offset + _signalfd.FD_OFFSET)
                 found = self._armed.get(fd)
                 if found is not None:
                     counts[found] = counts.get(found, 0) + 1
