@@ -48,9 +48,9 @@ def test_sendfile_and_splice_into_the_pipe(worker: Worker, owner: uuid.UUID) -> 
         "f = tempfile.TemporaryFile()\n"
         f"f.write(bytes(range(256)) * {BIG // 256}); f.flush()\n"
         "fd = f.fileno()\n"
-        f"done = 0\n"
+        "done = 0\n"
         f"while done < {BIG}: done += os.sendfile(1, fd, done, {BIG} - done)\n"
-        f"done = 0\n"
+        "done = 0\n"
         f"while done < {BIG}: done += os.splice(fd, 1, {BIG} - done, offset_src=done)\n"
     )
     assert run(worker, owner, code) == bytes(range(256)) * (BIG // 256) * 2
