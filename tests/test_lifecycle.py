@@ -197,6 +197,15 @@ def test_worker_close_kills_running_jobs(log_dir: Path, owner: uuid.UUID) -> Non
     assert os.path.exists(log_dir)
 
 
+def test_a_closed_worker_leaves_only_its_jobs_logs(log_dir: Path, owner: uuid.UUID) -> None:
+    # The logs the worker made ahead of time for jobs it never started had no name.
+    with Worker(log_dir) as w:
+        jobs = [w.start(Command("true"), owner) for _ in range(3)]
+        logs = {w.wait(j, owner).log_path.name for j in jobs}
+        assert len(os.listdir(log_dir)) == 3
+    assert set(os.listdir(log_dir)) == logs
+
+
 def test_wait_returns_final_info_and_times_out(worker: Worker, owner: uuid.UUID) -> None:
     job = worker.start(Command("sh", ["-c", "exit 3"]), owner)
     info = worker.wait(job, owner)
