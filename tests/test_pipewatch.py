@@ -56,6 +56,25 @@ def test_sendfile_and_splice_into_the_pipe(worker: Worker, owner: uuid.UUID) -> 
     assert run(worker, owner, code) == bytes(range(256)) * (BIG // 256) * 2
 
 
+def test_two_workers_in_one_process_get_only_their_own_signals(
+    owner: uuid.UUID, tmp_path: Path
+) -> None:
+    # Each reactor thread has its pipes' signals directed at itself and reads only its
+    # own from its signalfd.
+    code = "import os, time\nfor i in range(200):\n    os.write(1, b'%d\\n' % i); time.sleep(0.001)"
+    expected = b"".join(b"%d\n" % i for i in range(200))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        Worker(tmp_path / "a", resource_control=NoCgroups("test")) as a,
+        Worker(tmp_path / "b", resource_control=NoCgroups("test")) as b,
+    ):
+        jobs = [(w, w.start(Command(PY, ["-c", code]), owner)) for _ in range(10) for w in (a, b)]
+        for w, job in jobs:
+            with w.stream(job, owner) as r:
+                assert r.read() == expected
+
+
 def test_signal_queue_overflow_loses_nothing(owner: uuid.UUID, tmp_path: Path) -> None:
     # With room for one queued signal, concurrent jobs overflow the queue at once; the
     # kernel then sends SIGIO, which says only "some pipe".
