@@ -16,9 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from jobworker import NoCgroups, ResourceControl, Worker, detect
+from jobworker import Command, NoCgroups, ResourceControl, Status, Worker, detect
 
 PY = sys.executable
+
+
+def run_python(worker: Worker, owner: uuid.UUID, code: str) -> bytes:
+    """Run ``python -c code`` as a job; return everything a reader got, after checking
+    that the job exited 0 and that its log holds exactly the same bytes."""
+    job = worker.start(Command(PY, ["-c", code]), owner)
+    with worker.stream(job, owner) as r:
+        data = r.read()
+    info = worker.query(job, owner)
+    assert info.status == Status.exited(0), info.status
+    assert info.log_path.read_bytes() == data
+    return data
 
 
 def open_fds() -> set[str]:

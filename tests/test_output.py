@@ -10,19 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from jobworker import Command, ResourceControl, State, Status, Worker
+from jobworker import Command, ResourceControl, Status, Worker
 
-from conftest import PY
-
-
-def run(worker: Worker, owner: uuid.UUID, code: str) -> bytes:
-    job = worker.start(Command(PY, ["-c", code]), owner)
-    with worker.stream(job, owner) as r:
-        data = r.read()
-    info = worker.query(job, owner)
-    assert info.status.state is State.EXITED, info.status
-    assert info.log_path.read_bytes() == data
-    return data
+from conftest import PY, run_python
 
 
 def test_interleaved_stdout_and_stderr_in_write_order(worker: Worker, owner: uuid.UUID) -> None:
@@ -32,27 +22,27 @@ def test_interleaved_stdout_and_stderr_in_write_order(worker: Worker, owner: uui
         "    os.write(1 + i % 2, b'%d:%s\\n' % (i, b'o' if i % 2 == 0 else b'e'))\n"
     )
     expected = b"".join(b"%d:%s\n" % (i, b"o" if i % 2 == 0 else b"e") for i in range(2000))
-    assert run(worker, owner, code) == expected
+    assert run_python(worker, owner, code) == expected
 
 
 def test_binary_output_every_byte_value(worker: Worker, owner: uuid.UUID) -> None:
     code = "import os\nos.write(1, bytes(range(256)) * 1000)\nos.write(2, b'\\x00\\xff')"
-    assert run(worker, owner, code) == bytes(range(256)) * 1000 + b"\x00\xff"
+    assert run_python(worker, owner, code) == bytes(range(256)) * 1000 + b"\x00\xff"
 
 
 def test_output_without_trailing_newline(worker: Worker, owner: uuid.UUID) -> None:
-    assert run(worker, owner, "import sys; sys.stdout.write('no newline')") == b"no newline"
+    assert run_python(worker, owner, "import sys; sys.stdout.write('no newline')") == b"no newline"
 
 
 def test_long_line_without_newline_is_intact(worker: Worker, owner: uuid.UUID) -> None:
     size = 8 << 20
     code = f"import os\nb = b'x' * {size}\nv = memoryview(b)\nwhile v: v = v[os.write(1, v):]"
-    data = run(worker, owner, code)
+    data = run_python(worker, owner, code)
     assert len(data) == size and data.count(b"x") == size
 
 
 def test_no_output(worker: Worker, owner: uuid.UUID) -> None:
-    assert run(worker, owner, "pass") == b""
+    assert run_python(worker, owner, "pass") == b""
 
 
 def test_grandchild_writing_just_before_parent_exits_is_kept(
@@ -102,12 +92,12 @@ def test_environment_and_cwd_overrides(log_dir: Path, owner: uuid.UUID) -> None:
 
 def test_stdin_is_dev_null_and_job_has_own_session(worker: Worker, owner: uuid.UUID) -> None:
     code = "import os; print(os.getsid(0) == os.getpid(), os.getpgrp() == os.getpid())"
-    assert run(worker, owner, code) == b"True True\n"
+    assert run_python(worker, owner, code) == b"True True\n"
 
 
 def test_job_does_not_inherit_worker_fds(worker: Worker, owner: uuid.UUID) -> None:
     sleeper = worker.start(Command("sleep", ["1000"]), owner)  # its fds are held by the worker
-    data = run(
+    data = run_python(
         worker, owner, "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"
     )
     assert data == b"[0, 1, 2, 3]\n"  # 3 is listdir's own

@@ -17,29 +17,20 @@ from pathlib import Path
 import pytest
 
 import jobworker._reactor
-from jobworker import Command, NoCgroups, State, Worker
+from jobworker import Command, NoCgroups, Worker
 from jobworker._pipewatch import PipeSource
 from jobworker._reactor import Reactor
 
-from conftest import PY
+from conftest import PY, run_python
 
 BIG = 3 << 20  # three times the pipe
-
-
-def run(worker: Worker, owner: uuid.UUID, code: str) -> bytes:
-    job = worker.start(Command(PY, ["-c", code]), owner)
-    with worker.stream(job, owner) as r:
-        data = r.read()
-    info = worker.query(job, owner)
-    assert info.status.state is State.EXITED and info.status.exit_code == 0, info.status
-    return data
 
 
 def test_one_write_larger_than_the_pipe(worker: Worker, owner: uuid.UUID) -> None:
     # The writer fills the empty pipe and sleeps inside write(): the worker must be told
     # before that call returns, or both wait for ever.
     code = f"import os\nassert os.write(1, bytes(range(256)) * {BIG // 256}) == {BIG}"
-    assert run(worker, owner, code) == bytes(range(256)) * (BIG // 256)
+    assert run_python(worker, owner, code) == bytes(range(256)) * (BIG // 256)
 
 
 def test_sendfile_and_splice_into_the_pipe(worker: Worker, owner: uuid.UUID) -> None:
@@ -53,7 +44,7 @@ def test_sendfile_and_splice_into_the_pipe(worker: Worker, owner: uuid.UUID) -> 
         "done = 0\n"
         f"while done < {BIG}: done += os.splice(fd, 1, {BIG} - done, offset_src=done)\n"
     )
-    assert run(worker, owner, code) == bytes(range(256)) * (BIG // 256) * 2
+    assert run_python(worker, owner, code) == bytes(range(256)) * (BIG // 256) * 2
 
 
 def test_two_workers_in_one_process_get_only_their_own_signals(
@@ -113,8 +104,8 @@ def test_without_signals_pipes_are_polled(
         caplog.at_level(logging.WARNING, logger="jobworker"),
         Worker(tmp_path, resource_control=NoCgroups("test")) as w,
     ):
-        assert run(w, owner, f"import os\nos.write(1, b'y' * {BIG})") == b"y" * BIG
-        assert run(w, owner, "print('small')") == b"small\n"
+        assert run_python(w, owner, f"import os\nos.write(1, b'y' * {BIG})") == b"y" * BIG
+        assert run_python(w, owner, "print('small')") == b"small\n"
     assert "polling them with epoll" in caplog.text
 
 
