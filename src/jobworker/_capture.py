@@ -122,10 +122,12 @@ class LogFile:
 
 
 class LogWriteError(OSError):
-    """The log refused a write (disk full, ...); ``moved`` bytes did reach it."""
+    """The log refused a write (disk full, ...): of ``read`` bytes taken from the pipe,
+    ``moved`` did reach it."""
 
-    def __init__(self, err: int, strerror: str, moved: int) -> None:
+    def __init__(self, err: int, strerror: str, read: int, moved: int) -> None:
         super().__init__(err, strerror)
+        self.read = read
         self.moved = moved
 
 
@@ -173,5 +175,5 @@ class OutputPipe:
             while done < n:
                 done += os.write(log_fd, view[done:n])
         except OSError as e:
-            raise LogWriteError(e.errno or errno.EIO, e.strerror or str(e), done) from e
+            raise LogWriteError(e.errno or errno.EIO, e.strerror or str(e), n, done) from e
         return n, False

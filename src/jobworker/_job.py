@@ -187,7 +187,7 @@ class Job:
             # now on drain the pipe into nothing, so the job never blocks on it.
             log.error("jobworker: job %s: log write failed (%s); discarding", self.id, e)
             self._log_failed = True
-            got, moved, eof = 1, e.moved, False
+            got, moved, eof = e.read, e.moved, False
         waiters = self._advance(moved) if moved else []
         for w in waiters:
             w()
