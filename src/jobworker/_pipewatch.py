@@ -169,18 +169,17 @@ class PipeWatcher:
                 break
             for signo, fd in _SIGINFO.iter_unpack(data):
                 if signo == signal.SIGIO:
-                    # The signal queue overflowed: any armed pipe may have data.
+                    # The signal queue overflowed: any armed pipe may have data, and is
+                    # treated as busy.  (A copy: other threads arm pipes meanwhile.)
                     self.overflows += 1
-                    # (a copy: other threads arm pipes meanwhile)
-                    for source in list(self._armed.values()):
-                        counts[source] = counts.get(source, 0) + 2
-                    continue
-                found = self._armed.get(fd)
-                if found is not None:
-                    counts[found] = counts.get(found, 0) + 1
-            for source, count in counts.items():
-                if count > 1:
-                    self.disarm(source)
+                    sources, weight = list(self._armed.values()), 2
+                else:
+                    found = self._armed.get(fd)
+                    sources, weight = ([] if found is None else [found]), 1
+                for source in sources:
+                    counts[source] = counts.get(source, 0) + weight
+                    if counts[source] > 1:
+                        self.disarm(source)  # stops its signals: this loop will end
             if len(data) < full:
                 break
         return list(counts.items())
