@@ -113,10 +113,13 @@ class PipeWatcher:
             self.add(source)
             self.arm(source)
             os.write(w, b"x")
-            if (source, 1) not in self.ready():
+            # SIGIO instead of our signal still proves fasync works: the signal queue
+            # is counted per user across the whole machine and may be full right now.
+            if not any(s is source for s, _ in self.ready()):
                 raise OSError("an armed pipe sent no signal")
         finally:
             self._armed.pop(r, None)
+            self.overflows = 0
             os.close(r)
             os.close(w)
 
