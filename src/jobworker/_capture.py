@@ -136,12 +136,21 @@ class OutputPipe:
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self.read_fd, False)
-        # A larger pipe lets a burst of small writes go without waking the worker per
-        # write and moves more per copy.  Unprivileged users over their pipe quota are
-        # refused; the default size still works.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self.read_fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        self._grown = False
+
+    def grow(self) -> None:
+        """Enlarge the pipe, once: a larger pipe lets a burst of small writes go without
+        waking the worker per write, and moves more per copy.
+
+        Called when the reactor first finds the pipe busy, not at the start: most jobs
+        never fill the default 64 KiB, and each enlarged pipe holds a 256-slot ring in
+        kernel memory for its whole life.  Unprivileged users over their pipe quota are
+        refused; the default size still works.
+        """
+        if not self._grown:
+            self._grown = True
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.read_fd, _F_SETPIPE_SZ, PIPE_SIZE)
 
     def close_write(self) -> None:
         if self.write_fd >= 0:

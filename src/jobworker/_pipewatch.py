@@ -69,15 +69,19 @@ class PipeSource:
     """One pipe the reactor copies from; ``on_ready`` reads it once.
 
     ``on_ready`` returns how many bytes the read got (0: the pipe was empty).  At EOF it
-    calls ``Reactor.remove_pipe`` itself.
+    calls ``Reactor.remove_pipe`` itself.  ``on_busy``, if given, is called each time
+    the reactor finds the pipe busy (about to read it once per loop turn), for instance
+    to enlarge it.  The reactor makes the read end nonblocking.
     """
 
-    __slots__ = ("armed", "closed", "fd", "flags", "on_ready", "polled", "queued")
+    __slots__ = ("armed", "closed", "fd", "on_busy", "on_ready", "polled", "queued")
 
-    def __init__(self, fd: int, on_ready: Callable[[], int]) -> None:
+    def __init__(
+        self, fd: int, on_ready: Callable[[], int], on_busy: Callable[[], None] | None = None
+    ) -> None:
         self.fd = fd
         self.on_ready = on_ready
-        self.flags = 0  # the read end's file status flags, without O_ASYNC
+        self.on_busy = on_busy
         self.armed = False
         self.queued = False  # in the reactor's run queue
         self.polled = False  # fell back to epoll
@@ -92,7 +96,7 @@ class PipeWatcher:
 
     def __init__(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {SIGNAL, signal.SIGIO})
-        self._tid = threading.get_native_id()
+        self._owner = struct.pack("ii", _F_OWNER_TID, threading.get_native_id())
         self.fd = _signalfd.signalfd(
             [SIGNAL, signal.SIGIO], _signalfd.SFD_NONBLOCK | _signalfd.SFD_CLOEXEC
         )
@@ -128,13 +132,15 @@ class PipeWatcher:
 
     def add(self, source: PipeSource) -> None:
         """Make ``source``'s signals come to this thread, carrying its fd."""
-        fcntl.fcntl(source.fd, _F_SETOWN_EX, struct.pack("ii", _F_OWNER_TID, self._tid))
+        fcntl.fcntl(source.fd, _F_SETOWN_EX, self._owner)
         fcntl.fcntl(source.fd, fcntl.F_SETSIG, SIGNAL)
-        source.flags = fcntl.fcntl(source.fd, fcntl.F_GETFL) & ~os.O_ASYNC
 
+    # F_SETFL sets only the status flags a pipe has (O_NONBLOCK, O_ASYNC, O_DIRECT...),
+    # so these two values are the whole of them: the reactor's pipes are nonblocking and
+    # not O_DIRECT.
     def arm(self, source: PipeSource) -> None:
         """Signal on ``source``'s next write (or writers' end)."""
-        fcntl.fcntl(source.fd, fcntl.F_SETFL, source.flags | os.O_ASYNC)
+        fcntl.fcntl(source.fd, fcntl.F_SETFL, os.O_NONBLOCK | os.O_ASYNC)
         source.armed = True
         self._armed[source.fd] = source
 
@@ -153,7 +159,7 @@ class PipeWatcher:
             # EBADF cannot happen (the caller closes after), but a dying pipe must not
             # make the reactor fail.
             with contextlib.suppress(OSError):
-                fcntl.fcntl(source.fd, fcntl.F_SETFL, source.flags)
+                fcntl.fcntl(source.fd, fcntl.F_SETFL, os.O_NONBLOCK)
 
     def ready(self) -> list[tuple[PipeSource, int]]:
         """Read the queued signals: the armed pipes that got writes (or lost writers),

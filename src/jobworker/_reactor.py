@@ -144,6 +144,7 @@ class Reactor:
     def _poll_pipe(self, source: PipeSource) -> None:
         # The fallback: level-triggered epoll calls on_ready while the pipe has data.
         source.polled = True
+        os.set_blocking(source.fd, False)
 
         def on_event(_mask: int) -> None:
             source.on_ready()
@@ -196,6 +197,8 @@ class Reactor:
         if not source.queued:
             source.queued = True
             self._runnable.append(source)
+            if source.on_busy is not None:
+                source.on_busy()
 
     def call_soon(self, callback: Callback) -> None:
         """Run ``callback`` on the reactor thread (thread-safe)."""

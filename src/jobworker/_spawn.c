@@ -112,39 +112,45 @@ static void __attribute__((noinline)) child(const struct plan *p) {
     report(p->err_fd, STAGE_EXEC, err);
 }
 
-static void free_strv(char **v) {
-    if (!v) return;
-    for (char **s = v; *s; s++) free(*s);
-    free(v);
+/* A NULL-terminated vector of C strings pointing into bytes objects it holds (the
+ * fs-encoded form of each str item), so no string is copied. */
+struct strv {
+    char **v;
+    PyObject **held;
+    Py_ssize_t n;
+};
+
+static void strv_free(struct strv *s) {
+    for (Py_ssize_t i = 0; i < s->n; i++) Py_DECREF(s->held[i]);
+    PyMem_Free(s->held);
+    PyMem_Free(s->v);
+    s->v = NULL;
+    s->held = NULL;
+    s->n = 0;
 }
 
-/* A list of bytes/str (fs-encoded) to a NULL-terminated malloc'd vector. */
-static char **to_strv(PyObject *seq) {
+static int strv_from(PyObject *seq, struct strv *s) {
     PyObject *fast = PySequence_Fast(seq, "expected a sequence");
-    if (!fast) return NULL;
+    if (!fast) return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    char **v = calloc((size_t)n + 1, sizeof(char *));
-    if (!v) {
+    s->v = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    s->held = PyMem_Calloc((size_t)n + 1, sizeof(PyObject *));
+    if (!s->v || !s->held) {
         Py_DECREF(fast);
         PyErr_NoMemory();
-        return NULL;
+        return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *b = NULL;
-        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(fast, i), &b)) goto fail;
-        v[i] = strdup(PyBytes_AS_STRING(b));
-        Py_DECREF(b);
-        if (!v[i]) {
-            PyErr_NoMemory();
-            goto fail;
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(fast, i), &b)) {
+            Py_DECREF(fast);
+            return -1;
         }
+        s->held[s->n++] = b;
+        s->v[i] = PyBytes_AS_STRING(b);
     }
     Py_DECREF(fast);
-    return v;
-fail:
-    Py_DECREF(fast);
-    free_strv(v);
-    return NULL;
+    return 0;
 }
 
 PyDoc_STRVAR(spawn_doc,
@@ -165,12 +171,17 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     }
 
     struct plan p = {0};
+    struct strv paths = {0}, argv = {0}, envp = {0}, cgroups = {0};
     PyObject *cwd_b = NULL, *result = NULL;
     int pipefd[2] = {-1, -1};
     p.out_fd = out_fd;
-    if (!(p.paths = to_strv(paths_o)) || !(p.argv = to_strv(argv_o)) ||
-        !(p.envp = to_strv(envp_o)) || !(p.cgroups = to_strv(cg_o)))
+    if (strv_from(paths_o, &paths) < 0 || strv_from(argv_o, &argv) < 0 ||
+        strv_from(envp_o, &envp) < 0 || strv_from(cg_o, &cgroups) < 0)
         goto done;
+    p.paths = paths.v;
+    p.argv = argv.v;
+    p.envp = envp.v;
+    p.cgroups = cgroups.v;
     if (cwd_o != Py_None) {
         if (!PyUnicode_FSConverter(cwd_o, &cwd_b)) goto done;
         p.cwd = PyBytes_AS_STRING(cwd_b);
@@ -235,10 +246,10 @@ done:
     if (pipefd[0] >= 0) close(pipefd[0]);
     if (pipefd[1] >= 0) close(pipefd[1]);
     Py_XDECREF(cwd_b);
-    free_strv(p.paths);
-    free_strv(p.argv);
-    free_strv(p.envp);
-    free_strv(p.cgroups);
+    strv_free(&paths);
+    strv_free(&argv);
+    strv_free(&envp);
+    strv_free(&cgroups);
     return result;
 }
 

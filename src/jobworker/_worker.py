@@ -14,7 +14,7 @@ import resource
 import signal
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ._capture import LogFile, OutputPipe, log_stem
@@ -22,7 +22,7 @@ from ._errors import JobNotFound, StartError, WorkerClosed
 from ._follow import AsyncLogReader, LogReader
 from ._job import Job
 from ._model import Command, JobInfo, Limits
-from ._process import Process, prepare
+from ._process import Process, encode_env, prepare
 from ._reactor import Reactor
 from ._rescontrol import ResourceControl, detect
 
@@ -48,6 +48,7 @@ class Worker:
     ``log_dir`` holds the logs (default ``/tmp``).  ``resource_control`` picks how jobs
     are limited and contained; by default the best this machine offers (``detect()``).
     ``grace`` is the default time ``stop`` gives a job between SIGTERM and SIGKILL.
+    ``env`` is the environment jobs inherit (default: this process's, as it is now).
     """
 
     def __init__(
@@ -59,23 +60,33 @@ class Worker:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.log_dir = Path(log_dir).absolute()
-        # Logs are created relative to this descriptor, so the directory cannot be
-        # swapped for another (or a symlink) between one job and the next.
-        self._log_dir_fd = os.open(self.log_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.grace = grace
         self._env = dict(os.environ if env is None else env)
+        self._envp = encode_env(self._env)  # raises ValueError on a bad name or a NUL
         self._jobs: dict[uuid.UUID, Job] = {}
         self._lock = threading.Condition()
         self._starting = 0  # starts under way, which close() waits for
         self._closed = False
         _raise_fd_limit()
-        self.resource_control = resource_control if resource_control is not None else detect()
+        # Logs are created relative to this descriptor, so the directory cannot be
+        # swapped for another (or a symlink) between one job and the next.
+        self._log_dir_fd = os.open(self.log_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.resource_control = resource_control if resource_control is not None else detect()
+            try:
+                self._reactor = Reactor()
+            except BaseException:
+                if resource_control is None:
+                    self.resource_control.close()
+                raise
+        except BaseException:
+            os.close(self._log_dir_fd)
+            raise
         if not self.resource_control.contains:
             log.warning(
                 "jobworker: %s; jobs are contained by their process group only",
                 getattr(self.resource_control, "reason", "no cgroups"),
             )
-        self._reactor = Reactor()
 
     # -- the seed's four operations, plus list --------------------------------------------
 
@@ -88,7 +99,7 @@ class Worker:
         when it raises, nothing was started and nothing is left behind.
         """
         limits = limits or Limits()
-        paths, argv, envp = prepare(command, self._env)
+        paths, argv, envp = prepare(command, self._env, self._envp)
         with self._lock:
             self._check_open()
             self._starting += 1  # close() waits for this start to register its job
@@ -110,7 +121,7 @@ class Worker:
         limits: Limits,
         paths: list[str],
         argv: list[str],
-        envp: list[str],
+        envp: Sequence[str | bytes],
     ) -> tuple[uuid.UUID, Job]:
         job_id = uuid.uuid4()
         try:
