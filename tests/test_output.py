@@ -90,6 +90,16 @@ def test_environment_and_cwd_overrides(log_dir: Path, owner: uuid.UUID) -> None:
             assert r.read() == b"/ 1 None b c\n"
 
 
+@pytest.mark.parametrize("env", [{"A": "x\0y"}, {"A=B": "1"}, {"": "1"}])
+def test_worker_refuses_a_bad_environment_and_holds_nothing(
+    log_dir: Path, env: dict[str, str]
+) -> None:
+    # The worker's environment is encoded once, for every job: checked then, not at
+    # some later start.  (The fixture's fd check sees a leaked log-directory fd.)
+    with pytest.raises(ValueError, match="invalid environment variable"):
+        Worker(log_dir, env=env)
+
+
 def test_stdin_is_dev_null_and_job_has_own_session(worker: Worker, owner: uuid.UUID) -> None:
     code = "import os; print(os.getsid(0) == os.getpid(), os.getpgrp() == os.getpid())"
     assert run_python(worker, owner, code) == b"True True\n"

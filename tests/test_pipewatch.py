@@ -6,6 +6,7 @@ signal queue overflowing, and the epoll fallback.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import resource
@@ -45,6 +46,30 @@ def test_sendfile_and_splice_into_the_pipe(worker: Worker, owner: uuid.UUID) -> 
         f"while done < {BIG}: done += os.splice(fd, 1, {BIG} - done, offset_src=done)\n"
     )
     assert run_python(worker, owner, code) == bytes(range(256)) * (BIG // 256) * 2
+
+
+def test_a_pipe_is_enlarged_only_once_full(worker: Worker, owner: uuid.UUID) -> None:
+    # Quiet jobs keep the kernel's default pipe; one that fills it gets the large pipe
+    # that capture speed depends on.
+    def pipe_size(job: uuid.UUID) -> int:
+        return fcntl.fcntl(worker._jobs[job]._pipe.read_fd, fcntl.F_GETPIPE_SZ)
+
+    rest = "print('done', flush=True); import time; time.sleep(30)"
+    quiet = worker.start(Command(PY, ["-c", "print('a line')\n" + rest]), owner)
+    busy = worker.start(Command(PY, ["-c", f"import os; os.write(1, b'x' * {BIG})\n{rest}"]), owner)
+    try:
+        for job in (quiet, busy):
+            with worker.stream(job, owner) as r:
+                data = b""
+                for chunk in r:
+                    data += chunk
+                    if data.endswith(b"done\n"):
+                        break
+        assert pipe_size(quiet) == 1 << 16
+        assert pipe_size(busy) == 1 << 20
+    finally:
+        worker.stop(quiet, owner, grace=0)
+        worker.stop(busy, owner, grace=0)
 
 
 def test_two_workers_in_one_process_get_only_their_own_signals(

@@ -41,6 +41,7 @@ from pathlib import Path
 __all__ = ["LogFile", "LogWriteError", "OutputPipe", "log_stem"]
 
 PIPE_SIZE = 1 << 20
+DEFAULT_PIPE_SIZE = 1 << 16  # the kernel's, unless the user is over a pipe quota
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -138,19 +139,15 @@ class OutputPipe:
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
         self._grown = False
 
-    def grow(self) -> None:
-        """Enlarge the pipe, once: a larger pipe lets a burst of small writes go without
-        waking the worker per write, and moves more per copy.
-
-        Called when the reactor first finds the pipe busy, not at the start: most jobs
-        never fill the default 64 KiB, and each enlarged pipe holds a 256-slot ring in
-        kernel memory for its whole life.  Unprivileged users over their pipe quota are
-        refused; the default size still works.
-        """
-        if not self._grown:
-            self._grown = True
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(self.read_fd, _F_SETPIPE_SZ, PIPE_SIZE)
+    def _grow(self) -> None:
+        # A larger pipe lets a burst of small writes go without waking the worker per
+        # write, and moves more per copy.  Only once the pipe has been found full: most
+        # jobs never fill the default 64 KiB, and an enlarged pipe holds a 256-slot ring
+        # in kernel memory for its whole life.  Unprivileged users over their pipe quota
+        # are refused; the default size still works.
+        self._grown = True
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.read_fd, _F_SETPIPE_SZ, PIPE_SIZE)
 
     def close_write(self) -> None:
         if self.write_fd >= 0:
@@ -176,6 +173,8 @@ class OutputPipe:
             return 0, False
         if n == 0:
             return 0, True
+        if n >= DEFAULT_PIPE_SIZE and not self._grown:
+            self._grow()
         if log_fd is None:
             return n, False
         view = memoryview(buffer)

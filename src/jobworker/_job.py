@@ -87,7 +87,7 @@ class Job:
         self._exit: int | None = None  # code, or -signal
         self._events_fd = -1
         self._pipe_open = True
-        self._pipe_source = PipeSource(pipe.read_fd, self._on_output, pipe.grow)
+        self._pipe_source = PipeSource(pipe.read_fd, self._on_output)
         self._log_failed = False
 
     # -- wiring ------------------------------------------------------------------------

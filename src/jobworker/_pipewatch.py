@@ -69,19 +69,14 @@ class PipeSource:
     """One pipe the reactor copies from; ``on_ready`` reads it once.
 
     ``on_ready`` returns how many bytes the read got (0: the pipe was empty).  At EOF it
-    calls ``Reactor.remove_pipe`` itself.  ``on_busy``, if given, is called each time
-    the reactor finds the pipe busy (about to read it once per loop turn), for instance
-    to enlarge it.  The reactor makes the read end nonblocking.
+    calls ``Reactor.remove_pipe`` itself.  The reactor makes the read end nonblocking.
     """
 
-    __slots__ = ("armed", "closed", "fd", "on_busy", "on_ready", "polled", "queued")
+    __slots__ = ("armed", "closed", "fd", "on_ready", "polled", "queued")
 
-    def __init__(
-        self, fd: int, on_ready: Callable[[], int], on_busy: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, fd: int, on_ready: Callable[[], int]) -> None:
         self.fd = fd
         self.on_ready = on_ready
-        self.on_busy = on_busy
         self.armed = False
         self.queued = False  # in the reactor's run queue
         self.polled = False  # fell back to epoll

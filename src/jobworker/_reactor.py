@@ -197,8 +197,6 @@ class Reactor:
         if not source.queued:
             source.queued = True
             self._runnable.append(source)
-            if source.on_busy is not None:
-                source.on_busy()
 
     def call_soon(self, callback: Callback) -> None:
         """Run ``callback`` on the reactor thread (thread-safe)."""
