@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from jobworker import (
     InvalidCommand,
     JobNotRunning,
     NoCgroups,
+    ResourceControl,
     StartError,
     State,
     Status,
@@ -71,6 +73,30 @@ def test_bad_commands_raise_and_leave_nothing(
     assert list(log_dir.iterdir()) == []
     assert worker.list(owner) == []
     assert live_children() == []
+
+
+def test_no_room_for_a_log_means_the_command_never_runs(
+    tmp_path: Path, owner: uuid.UUID, control: ResourceControl
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs with no free inode needs root")
+    full = tmp_path / "full"
+    full.mkdir()
+    # One inode: the root directory's.  Creating any file fails with ENOSPC.
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=1", "tmpfs", str(full)], check=True
+    )
+    marker = tmp_path / "ran"
+    try:
+        with Worker(full, resource_control=control) as w:
+            with pytest.raises(StartError, match=f"cannot create a log in {full}: No space"):
+                w.start(Command("touch", [str(marker)]), owner)
+            assert w.list(owner) == []
+        assert not marker.exists()
+        assert list(full.iterdir()) == []
+        assert live_children() == []
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
 
 
 def test_name_with_dotdot_and_slashes_keeps_log_in_log_dir(

@@ -3,7 +3,7 @@
 Nothing here supervises anything.  Each coroutine calls into the same ``Worker``;
 where the blocking API would wait (``stop`` until the job ends, a reader at EOF), this
 face hands the reactor a callback that resolves a future on the caller's event loop.
-``start`` runs inline: it is bounded work (a vfork and an exec) of well under a
+``start`` runs inline: it is bounded work (a clone and an exec) of well under a
 millisecond, cheaper than a hop to a thread.
 """
 

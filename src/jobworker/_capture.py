@@ -22,10 +22,11 @@ alternatives:
   taking it out of the pipe.  In C, with either read+write or splice, that caps pipe
   capture at about 0.6x of the redirect for 64 KiB writes on this machine.
 
-The log file is created before the job starts, with no name (``O_TMPFILE``), mode 0600,
-then linked as ``{name}_{pid}.log`` once the pid is known.  ``link`` never replaces and
-never follows an existing name, so a stale log, a pid-reuse leftover or a hostile
-symlink at that path makes the worker pick ``{name}_{pid}.1.log`` and so on instead.
+The log is created by the job's child process itself, between clone and exec
+(``_spawn``), as ``{name}_{pid}.log`` with ``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600,
+relative to the log directory's fd: a stale log, a pid-reuse leftover or a hostile
+symlink at that path makes it take ``{name}_{pid}.1.log`` and so on instead, and a log
+that cannot be created means the program never runs.
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ import errno
 import fcntl
 import os
 import re
-import secrets
 from pathlib import Path
 
-__all__ = ["LogFile", "LogWriteError", "OutputPipe", "log_stem"]
+__all__ = ["LogFile", "LogWriteError", "OutputPipe", "log_base"]
 
 PIPE_SIZE = 1 << 20
 DEFAULT_PIPE_SIZE = 1 << 16  # the kernel's, unless the user is over a pipe quota
@@ -46,74 +46,32 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
-def log_stem(command_name: str, pid: int) -> str:
-    """``{basename}_{pid}`` with the basename made safe for a file name."""
-    base = _UNSAFE.sub("_", os.path.basename(command_name.rstrip("/")))[:64] or "job"
-    return f"{base}_{pid}"
+def log_base(command_name: str) -> str:
+    """The basename of the command, made safe for a file name: logs are
+    ``{base}_{pid}.log``."""
+    return _UNSAFE.sub("_", os.path.basename(command_name.rstrip("/")))[:64] or "job"
 
 
 class LogFile:
     """A job's log: written by the worker only, read by any number of followers."""
 
-    def __init__(self, fd: int, directory: Path, dir_fd: int, temp_name: str | None) -> None:
+    def __init__(self, fd: int, directory: Path, dir_fd: int, name: str) -> None:
+        """Take over ``fd``, the new log ``name`` in ``directory`` (``dir_fd``)."""
         self.fd = fd
-        self._directory = directory
+        self.path = directory / name
         self._dir_fd = dir_fd
-        self._temp_name = temp_name
-        st = os.fstat(fd)
-        self.identity = (st.st_dev, st.st_ino)
-        self.path: Path | None = None
-
-    @classmethod
-    def create(cls, directory: Path, dir_fd: int) -> LogFile:
-        """A new, nameless log in ``directory`` (``dir_fd``, an ``O_PATH`` fd of it)."""
-        flags = os.O_WRONLY | os.O_CLOEXEC
+        self._name = name
         try:
-            fd = os.open(".", flags | os.O_TMPFILE, 0o600, dir_fd=dir_fd)
-            return cls(fd, directory, dir_fd, None)
-        except OSError as e:
-            # O_TMPFILE needs filesystem support; an ordinary exclusive name is the
-            # fallback (and is what we link from, then unlink).
-            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise
-        name = f".jobworker-{secrets.token_hex(8)}.tmp"
-        fd = os.open(name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
-        return cls(fd, directory, dir_fd, name)
-
-    def publish(self, stem: str) -> Path:
-        """Give the log its final name; never over, or through, an existing entry."""
-        # An O_TMPFILE file is linked through its /proc magic link, which linkat must
-        # follow; a named temporary is linked as itself.  Neither call follows the target.
-        if self._temp_name is None:
-            source, src_dir_fd = f"/proc/self/fd/{self.fd}", None
-        else:
-            source, src_dir_fd = self._temp_name, self._dir_fd
-        for n in range(1000):
-            name = f"{stem}.log" if n == 0 else f"{stem}.{n}.log"
-            try:
-                os.link(
-                    source,
-                    name,
-                    src_dir_fd=src_dir_fd,
-                    dst_dir_fd=self._dir_fd,
-                    follow_symlinks=self._temp_name is None,
-                )
-            except FileExistsError:
-                continue
-            self.path = self._directory / name
-            self._drop_temp()
-            return self.path
-        raise FileExistsError(errno.EEXIST, "no free log file name", str(self._directory / stem))
-
-    def _drop_temp(self) -> None:
-        if self._temp_name is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._temp_name, dir_fd=self._dir_fd)
-            self._temp_name = None
+            st = os.fstat(fd)
+        except BaseException:
+            self.discard()
+            raise
+        self.identity = (st.st_dev, st.st_ino)
 
     def discard(self) -> None:
-        """Undo ``create`` (the job never started)."""
-        self._drop_temp()
+        """Remove the log (its job never started)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._name, dir_fd=self._dir_fd)
         self.close()
 
     def close(self) -> None:

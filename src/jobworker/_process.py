@@ -13,8 +13,10 @@ import errno
 import os
 import signal
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from . import _spawn
+from ._capture import log_base
 from ._errors import CommandNotFound, InvalidCommand, StartError
 from ._model import Command
 
@@ -92,11 +94,19 @@ class Process:
         envp: Sequence[str | bytes],
         out_fd: int,
         cgroup_procs: Sequence[str],
-    ) -> Process:
-        pid, pidfd, stage, err = _spawn.spawn(paths, argv, envp, command.cwd, out_fd, cgroup_procs)
+        log_dir: Path,
+        log_dir_fd: int,
+    ) -> tuple[Process, int, str]:
+        """Start the process, and create its log in ``log_dir`` (``log_dir_fd``).
+
+        Returns the process, the log's fd and the log's name.
+        """
+        pid, pidfd, log_fd, log_name, stage, err = _spawn.spawn(
+            paths, argv, envp, command.cwd, out_fd, cgroup_procs, log_dir_fd, log_base(command.name)
+        )
         if stage == _spawn.STAGE_OK:
-            return cls(pid, pidfd)
-        raise _start_error(command, paths, stage, err)
+            return cls(pid, pidfd), log_fd, os.fsdecode(log_name)
+        raise _start_error(command, paths, stage, err, log_dir)
 
     def send(self, sig: int, *, group: bool) -> None:
         """Signal the process (and its whole process group), unless already reaped."""
@@ -126,8 +136,14 @@ class Process:
         return -result.si_status  # CLD_KILLED or CLD_DUMPED: the signal number
 
 
-def _start_error(command: Command, paths: Sequence[str], stage: int, err: int) -> StartError:
+def _start_error(
+    command: Command, paths: Sequence[str], stage: int, err: int, log_dir: Path
+) -> StartError:
     name = command.name
+    if stage == _spawn.STAGE_LOG:
+        if err == errno.EEXIST:
+            return StartError(err, f"cannot create a log in {log_dir}: no free log file name")
+        return StartError(err, f"cannot create a log in {log_dir}: {os.strerror(err)}")
     if stage == _spawn.STAGE_EXEC:
         if err == errno.ENOENT:
             return CommandNotFound(err, f"command not found: {name}")

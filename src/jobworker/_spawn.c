@@ -1,35 +1,68 @@
-/* jobworker._spawn: start one job's process.
+/* jobworker._spawn: start one job's process, and create its log.
  *
  * Why C: the child must join the job's cgroups *before* the user's program runs its
  * first instruction, and Python offers no safe hook between fork and exec in a threaded
  * process (preexec_fn runs Python code after fork, where another thread may have held
  * a lock).  Here the child runs only async-signal-safe system calls.
  *
- * The child, in order: leaves the worker's session (setsid), joins each cgroup by
- * writing "0" (itself) into its cgroup.procs, points stdin at /dev/null and stdout and
- * stderr at the capture pipe, marks every other fd close-on-exec, changes directory,
- * restores default signal dispositions and an empty mask, and executes the first
- * candidate path that works.  A failure is written to a close-on-exec pipe as
- * (stage, errno); the parent reaps such a child before returning.
+ * The child is a clone(CLONE_VM | CLONE_VFORK | CLONE_FILES): it shares the worker's
+ * memory and descriptor table, and the calling thread sleeps until it has executed the
+ * program or failed.  Sharing the table is what lets the child create the job's log,
+ * named after its own pid ({base}_{pid}.log, or .1.log ... if that name is taken), in
+ * the worker's table: the log exists, with its final name, before the program runs,
+ * and a log that cannot be created means the program never runs.  (Before, the worker
+ * created an unnamed O_TMPFILE and linked it once the pid was known: two metadata
+ * operations where this is one.)  The kernel returns the pidfd (CLONE_PIDFD).
+ *
+ * The child, in order: creates the log (O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600,
+ * relative to the log directory's fd), takes a private copy of the descriptor table
+ * with everything above stderr close-on-exec, leaves the worker's session (setsid),
+ * joins each cgroup by writing "0" (itself) into its cgroup.procs, points stdin at
+ * /dev/null and stdout and stderr at the capture pipe, changes directory, restores
+ * default signal dispositions and an empty mask, and executes the first candidate path
+ * that works.  A failure is written to a close-on-exec pipe as (stage, errno); the
+ * parent then reaps the child and removes the log before returning.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-enum { STAGE_OK = 0, STAGE_CGROUP = 1, STAGE_FDS = 2, STAGE_CWD = 3, STAGE_EXEC = 4 };
+enum {
+    STAGE_OK = 0,
+    STAGE_CGROUP = 1,
+    STAGE_FDS = 2,
+    STAGE_CWD = 3,
+    STAGE_EXEC = 4,
+    STAGE_LOG = 5,
+};
+
+/* Log names tried: {base}_{pid}.log, then {base}_{pid}.1.log ... .999.log. */
+#define LOG_NAMES 1000
+/* The child's stack: its frames are small (no recursion, no libc buffers). */
+#define CHILD_STACK (64 * 1024)
 
 struct plan {
     char **paths;   /* candidate executables, NULL-terminated */
@@ -40,6 +73,11 @@ struct plan {
     int out_fd;
     int err_fd; /* write end of the error pipe, O_CLOEXEC */
     int max_fd;
+    int log_dir_fd;
+    const char *log_base;
+    /* Written by the child (shared memory), read by the parent once clone returns. */
+    int log_fd;
+    char log_name[NAME_MAX + 1];
 };
 
 static void report(int fd, int stage, int err) {
@@ -48,11 +86,74 @@ static void report(int fd, int stage, int err) {
     (void)unused;
 }
 
-/* Runs in the vfork child: it shares the parent's memory, so it writes nothing but its
- * own stack and makes only system calls. */
-static void __attribute__((noinline)) child(const struct plan *p) {
+static char *put_str(char *at, const char *end, const char *s) {
+    while (*s && at < end) *at++ = *s++;
+    return at;
+}
+
+static char *put_uint(char *at, const char *end, unsigned long v) {
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n && at < end) *at++ = digits[--n];
+    return at;
+}
+
+/* In the child, still sharing the worker's descriptor table: the new log's fd lands in
+ * the worker's table, and its name in the plan.  Returns 0 or an errno. */
+static int create_log(struct plan *p) {
+    unsigned long pid = (unsigned long)syscall(SYS_getpid);
+    const char *end = p->log_name + sizeof p->log_name - 1;
+    for (int n = 0; n < LOG_NAMES; n++) {
+        char *at = put_str(p->log_name, end, p->log_base);
+        at = put_str(at, end, "_");
+        at = put_uint(at, end, pid);
+        if (n) {
+            at = put_str(at, end, ".");
+            at = put_uint(at, end, (unsigned long)n);
+        }
+        at = put_str(at, end, ".log");
+        if (at == end) return ENAMETOOLONG;
+        *at = 0;
+        /* O_EXCL never opens what exists, a symlink included: a stale log, a pid-reuse
+         * leftover or a planted link makes us take the next name. */
+        int fd = openat(p->log_dir_fd, p->log_name,
+                        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            p->log_fd = fd;
+            return 0;
+        }
+        if (errno != EEXIST) return errno;
+    }
+    return EEXIST;
+}
+
+/* Runs in the child: it shares the parent's memory, so it writes nothing but its own
+ * stack and the plan's log fields, and makes only system calls. */
+static void __attribute__((noinline)) child(struct plan *p) {
     int i, fd, err;
 
+    err = create_log(p);
+    if (err) {
+        report(p->err_fd, STAGE_LOG, err);
+        return;
+    }
+    /* Leave the shared table for a private copy before touching stdin/out/err, which
+     * are the worker's too.  Everything the worker holds (other jobs' pipes, logs,
+     * pidfds, this job's log) must not leak into the job: a leaked pipe write end would
+     * keep another job's output open forever. */
+    if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) < 0) {
+        if (unshare(CLONE_FILES) < 0) {
+            report(p->err_fd, STAGE_FDS, errno);
+            return;
+        }
+        for (fd = 3; fd <= p->max_fd; fd++) {
+            if (fd != p->err_fd) fcntl(fd, F_SETFD, FD_CLOEXEC);
+        }
+    }
     if (setsid() < 0) {
         report(p->err_fd, STAGE_FDS, errno);
         return;
@@ -72,13 +173,6 @@ static void __attribute__((noinline)) child(const struct plan *p) {
         return;
     }
     if (fd > 2) close(fd);
-    /* Everything the worker holds (other jobs' pipes, logs, pidfds) must not leak into
-     * the job: a leaked pipe write end would keep another job's output open forever. */
-    if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
-        for (fd = 3; fd <= p->max_fd; fd++) {
-            if (fd != p->err_fd) fcntl(fd, F_SETFD, FD_CLOEXEC);
-        }
-    }
     if (p->cwd && chdir(p->cwd) < 0) {
         report(p->err_fd, STAGE_CWD, errno);
         return;
@@ -153,17 +247,57 @@ static int strv_from(PyObject *seq, struct strv *s) {
     return 0;
 }
 
+/* Each thread that spawns keeps one child stack: the thread sleeps while its child
+ * runs, so one is enough, and mapping a fresh one per start would cost page faults and
+ * a TLB shootdown each time.  Unmapped when the thread exits. */
+static pthread_key_t stack_key;
+static pthread_once_t stack_once = PTHREAD_ONCE_INIT;
+static int stack_key_ok;
+
+static void free_stack(void *stack) { munmap(stack, CHILD_STACK); }
+
+static void make_stack_key(void) { stack_key_ok = pthread_key_create(&stack_key, free_stack) == 0; }
+
+static char *child_stack(void) {
+    pthread_once(&stack_once, make_stack_key);
+    if (!stack_key_ok) {
+        errno = EAGAIN;
+        return NULL;
+    }
+    char *stack = pthread_getspecific(stack_key);
+    if (!stack) {
+        stack = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (stack == MAP_FAILED) return NULL;
+        if (pthread_setspecific(stack_key, stack) != 0) {
+            munmap(stack, CHILD_STACK);
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
+    return stack;
+}
+
+static int child_main(void *arg) {
+    child(arg);
+    _exit(127);
+}
+
 PyDoc_STRVAR(spawn_doc,
-"spawn(paths, argv, envp, cwd, out_fd, cgroup_procs) -> (pid, pidfd, stage, errno)\n\n"
-"Start a process as described in the module docstring.  On success stage is 0 and\n"
-"pidfd refers to the new, unreaped child.  Otherwise the child was reaped already,\n"
-"pid and pidfd are -1, and (stage, errno) say what failed: 1 joining a cgroup,\n"
-"2 setting up fds or the session, 3 changing directory, 4 executing.");
+"spawn(paths, argv, envp, cwd, out_fd, cgroup_procs, log_dir_fd, log_base)\n"
+"    -> (pid, pidfd, log_fd, log_name, stage, errno)\n\n"
+"Start a process as described in the module docstring.  On success stage is 0,\n"
+"pidfd refers to the new, unreaped child and log_fd (write-only, close-on-exec) to\n"
+"its new log, named log_name (bytes) in the directory log_dir_fd.  Otherwise the\n"
+"child was reaped and its log removed already, the other fields are -1 (and b''),\n"
+"and (stage, errno) say what failed: 1 joining a cgroup, 2 setting up fds or the\n"
+"session, 3 changing directory, 4 executing, 5 creating the log.");
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
-    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *cg_o;
-    int out_fd;
-    if (!PyArg_ParseTuple(args, "OOOOiO", &paths_o, &argv_o, &envp_o, &cwd_o, &out_fd, &cg_o))
+    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *cg_o, *base_o;
+    int out_fd, log_dir_fd;
+    if (!PyArg_ParseTuple(args, "OOOOiOiO", &paths_o, &argv_o, &envp_o, &cwd_o, &out_fd, &cg_o,
+                          &log_dir_fd, &base_o))
         return NULL;
     if (out_fd <= 2) {
         PyErr_SetString(PyExc_ValueError, "out_fd must be greater than 2");
@@ -172,9 +306,11 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
 
     struct plan p = {0};
     struct strv paths = {0}, argv = {0}, envp = {0}, cgroups = {0};
-    PyObject *cwd_b = NULL, *result = NULL;
+    PyObject *cwd_b = NULL, *base_b = NULL, *result = NULL;
     int pipefd[2] = {-1, -1};
     p.out_fd = out_fd;
+    p.log_dir_fd = log_dir_fd;
+    p.log_fd = -1;
     if (strv_from(paths_o, &paths) < 0 || strv_from(argv_o, &argv) < 0 ||
         strv_from(envp_o, &envp) < 0 || strv_from(cg_o, &cgroups) < 0)
         goto done;
@@ -186,7 +322,10 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         if (!PyUnicode_FSConverter(cwd_o, &cwd_b)) goto done;
         p.cwd = PyBytes_AS_STRING(cwd_b);
     }
-    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+    if (!PyUnicode_FSConverter(base_o, &base_b)) goto done;
+    p.log_base = PyBytes_AS_STRING(base_b);
+    char *stack = child_stack();
+    if (!stack || pipe2(pipefd, O_CLOEXEC) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
@@ -199,53 +338,52 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     ssize_t got = 0;
     sigset_t all, old;
     Py_BEGIN_ALLOW_THREADS
-    /* No signal handler of the parent may run in the vfork child, which shares its
-     * memory; the child resets dispositions before it unblocks. */
+    /* No signal handler of the parent may run in the child, which shares its memory;
+     * the child resets dispositions before it unblocks. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid = vfork();
-    if (pid == 0) {
-        child(&p);
-        _exit(127);
-    }
+    pid = clone(child_main, stack + CHILD_STACK,
+                CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | SIGCHLD, &p, &pidfd);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid > 0) {
-        /* Take the pidfd while the child is certainly unreaped: only this worker reaps
-         * it, so the pid cannot have been recycled yet. */
-        pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-        if (pidfd < 0) saved_errno = errno;
         close(pipefd[1]);
         pipefd[1] = -1;
         do {
             got = read(pipefd[0], msg, sizeof msg);
         } while (got < 0 && errno == EINTR);
-        if (got > 0 || pidfd < 0) {
-            /* The child failed (or we cannot supervise it): reap it before saying so. */
-            if (pidfd < 0) kill(pid, SIGKILL);
+        if (got != 0) {
+            /* The child failed (or we cannot tell): reap it, and remove its log, before
+             * saying so. */
+            if (got < 0) {
+                saved_errno = errno;
+                kill(pid, SIGKILL);
+            }
             while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
             }
-            if (pidfd >= 0) close(pidfd);
+            close(pidfd);
+            if (p.log_fd >= 0) {
+                unlinkat(log_dir_fd, p.log_name, 0);
+                close(p.log_fd);
+            }
         }
     }
     Py_END_ALLOW_THREADS
 
-    if (pid < 0) {
-        errno = saved_errno;
-        PyErr_SetFromErrno(PyExc_OSError);
-    } else if (pidfd < 0) {
+    if (pid < 0 || got < 0) {
         errno = saved_errno;
         PyErr_SetFromErrno(PyExc_OSError);
     } else if (got > 0) {
-        result = Py_BuildValue("(iiii)", -1, -1, msg[0], msg[1]);
+        result = Py_BuildValue("(iiiyii)", -1, -1, -1, "", msg[0], msg[1]);
     } else {
-        result = Py_BuildValue("(iiii)", (int)pid, pidfd, STAGE_OK, 0);
+        result = Py_BuildValue("(iiiyii)", (int)pid, pidfd, p.log_fd, p.log_name, STAGE_OK, 0);
     }
 
 done:
     if (pipefd[0] >= 0) close(pipefd[0]);
     if (pipefd[1] >= 0) close(pipefd[1]);
     Py_XDECREF(cwd_b);
+    Py_XDECREF(base_b);
     strv_free(&paths);
     strv_free(&argv);
     strv_free(&envp);
@@ -260,7 +398,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "jobworker._spawn",
-    "Start a job's process: own session, cgroups joined before exec, output to a pipe.",
+    "Start a job's process: its log created, own session, cgroups joined before exec.",
     -1, methods,
 };
 
@@ -271,7 +409,8 @@ PyMODINIT_FUNC PyInit__spawn(void) {
         PyModule_AddIntConstant(m, "STAGE_CGROUP", STAGE_CGROUP) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_FDS", STAGE_FDS) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_CWD", STAGE_CWD) < 0 ||
-        PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0) {
+        PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_LOG", STAGE_LOG) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -5,6 +5,7 @@ STAGE_CGROUP: int
 STAGE_FDS: int
 STAGE_CWD: int
 STAGE_EXEC: int
+STAGE_LOG: int
 
 def spawn(
     paths: Sequence[str | bytes],
@@ -13,5 +14,7 @@ def spawn(
     cwd: str | bytes | None,
     out_fd: int,
     cgroup_procs: Sequence[str | bytes],
+    log_dir_fd: int,
+    log_base: str | bytes,
     /,
-) -> tuple[int, int, int, int]: ...
+) -> tuple[int, int, int, bytes, int, int]: ...

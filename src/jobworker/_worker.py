@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ._capture import LogFile, OutputPipe, log_stem
+from ._capture import LogFile, OutputPipe
 from ._errors import JobNotFound, StartError, WorkerClosed
 from ._follow import AsyncLogReader, LogReader
 from ._job import Job
@@ -124,32 +124,39 @@ class Worker:
         envp: Sequence[str | bytes],
     ) -> tuple[uuid.UUID, Job]:
         job_id = uuid.uuid4()
-        try:
-            logfile = LogFile.create(self.log_dir, self._log_dir_fd)
-        except OSError as e:
-            raise StartError(e.errno, f"cannot create a log in {self.log_dir}: {e.strerror}") from e
         group = None
         pipe = None
         process = None
+        logfile = None
         try:
             group = self.resource_control.create(job_id, limits)
             pipe = OutputPipe()
-            process = Process.spawn(command, paths, argv, envp, pipe.write_fd, group.procs_files)
+            process, log_fd, log_name = Process.spawn(
+                command,
+                paths,
+                argv,
+                envp,
+                pipe.write_fd,
+                group.procs_files,
+                self.log_dir,
+                self._log_dir_fd,
+            )
+            logfile = LogFile(log_fd, self.log_dir, self._log_dir_fd, log_name)
             pipe.close_write()
-            logfile.publish(log_stem(command.name, process.pid))
         except BaseException as e:
             if process is not None:
-                # Started but not publishable: take it down before saying so.
+                # Started but not set up: take it down before saying so.
                 process.send(signal.SIGKILL, group=True)
                 if group is not None:
                     group.kill()
                 os.waitid(os.P_PIDFD, process.pidfd, os.WEXITED)
                 os.close(process.pidfd)
+            if logfile is not None:
+                logfile.discard()
             if pipe is not None:
                 pipe.close()
             if group is not None:
                 group.remove()
-            logfile.discard()
             if isinstance(e, OSError) and not isinstance(e, StartError):
                 raise StartError(e.errno, f"cannot start {command.name}: {e.strerror}") from e
             raise
