@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -112,6 +113,60 @@ def test_job_does_not_inherit_worker_fds(worker: Worker, owner: uuid.UUID) -> No
     )
     assert data == b"[0, 1, 2, 3]\n"  # 3 is listdir's own
     worker.stop(sleeper, owner, grace=0)
+
+
+def test_concurrent_starts_leak_no_fds(worker: Worker, owner: uuid.UUID) -> None:
+    # One start at a time copies only the low end of the worker's fd table (the slots);
+    # the others, meanwhile, copy all of it.  Neither may leak a descriptor.
+    sleepers = [worker.start(Command("sleep", ["1000"]), owner) for _ in range(20)]
+    code = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"
+    results: list[bytes] = []
+    # Not close-on-exec: the child must still not pass it on.
+    inheritable = os.open("/dev/null", os.O_RDONLY)
+    os.set_inheritable(inheritable, True)
+
+    def starter() -> None:
+        for _ in range(10):
+            results.append(run_python(worker, owner, code))
+
+    threads = [threading.Thread(target=starter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    os.close(inheritable)
+    assert results == [b"[0, 1, 2, 3]\n"] * 40
+    for s in sleepers:
+        worker.stop(s, owner, grace=0)
+
+
+def test_spawn_slots_closed_and_reused_are_left_alone(tmp_path: Path) -> None:
+    # A daemonizing close-all in the host program may close the worker's reserved fds
+    # and reuse their numbers: the worker must notice and never dup onto them.
+    script = f"""
+import os, uuid
+from pathlib import Path
+from jobworker import Command, NoCgroups, Worker
+from jobworker import _spawn
+slots = _spawn.slots()
+assert min(slots) > 2, slots
+for i, fd in enumerate(slots):
+    os.close(fd)
+    mine = os.open({str(tmp_path)!r} + f"/mine{{i}}", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.dup2(mine, fd)
+    os.close(mine)
+with Worker({str(tmp_path)!r}, resource_control=NoCgroups("test")) as w:
+    owner = uuid.uuid4()
+    job = w.start(Command("echo", ["hi"]), owner)
+    with w.stream(job, owner) as r:
+        assert r.read() == b"hi\\n"
+for i, fd in enumerate(slots):
+    assert os.readlink(f"/proc/self/fd/{{fd}}") == {str(tmp_path)!r} + f"/mine{{i}}"
+assert _spawn.slots() == (-1, -1, -1)
+print("ok")
+"""
+    done = subprocess.run([PY, "-c", script], capture_output=True, timeout=60)
+    assert done.stdout == b"ok\n", done.stderr.decode()
 
 
 def test_sigpipe_is_default_in_the_job(worker: Worker, owner: uuid.UUID) -> None:

@@ -73,6 +73,7 @@ struct plan {
     int out_fd;
     int err_fd; /* write end of the error pipe, O_CLOEXEC */
     int max_fd;
+    int low_end; /* > 0: out_fd and err_fd are below it (the low slots) */
     int log_dir_fd;
     const char *log_base;
     /* Written by the child (shared memory), read by the parent once clone returns. */
@@ -144,8 +145,20 @@ static void __attribute__((noinline)) child(struct plan *p) {
     /* Leave the shared table for a private copy before touching stdin/out/err, which
      * are the worker's too.  Everything the worker holds (other jobs' pipes, logs,
      * pidfds, this job's log) must not leak into the job: a leaked pipe write end would
-     * keep another job's output open forever. */
-    if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) < 0) {
+     * keep another job's output open forever.
+     *
+     * With the low slots (see take_slots), the copy is of the fds below the slots
+     * only: close_range(UNSHARE) over a range reaching past the last fd copies just
+     * what lies below it.  Copying the whole table would touch every open file of the
+     * worker, three per running job, at every start. */
+    if (p->low_end > 0 &&
+        syscall(SYS_close_range, p->low_end, ~0U, CLOSE_RANGE_UNSHARE) == 0) {
+        if (p->low_end > 3 &&
+            syscall(SYS_close_range, 3, p->low_end - 1, CLOSE_RANGE_CLOEXEC) < 0) {
+            report(p->err_fd, STAGE_FDS, errno);
+            return;
+        }
+    } else if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) < 0) {
         if (unshare(CLONE_FILES) < 0) {
             report(p->err_fd, STAGE_FDS, errno);
             return;
@@ -278,6 +291,72 @@ static char *child_stack(void) {
     return stack;
 }
 
+/* Three descriptors reserved when this module is imported, while the table is still
+ * small, so their numbers are low: between starts all three are one /dev/null open
+ * file; during a start two of them hold the capture pipe and the error pipe.  One
+ * start at a time uses them (others copy the whole table instead of waiting). */
+static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
+static int slot_null = -1, slot_out = -1, slot_err = -1;
+
+#ifndef KCMP_FILE
+#define KCMP_FILE 0
+#endif
+
+static int same_file(int a, int b) {
+    pid_t me = getpid();
+    return syscall(SYS_kcmp, me, me, KCMP_FILE, a, b) == 0;
+}
+
+static void reserve_slots(void) {
+    /* Above stderr even if this process has closed one of 0-2. */
+    int tmp = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (tmp < 0) return;
+    int fds[3];
+    for (int i = 0; i < 3; i++) {
+        fds[i] = fcntl(tmp, F_DUPFD_CLOEXEC, 3);
+        if (fds[i] < 0) {
+            while (i--) close(fds[i]);
+            close(tmp);
+            return;
+        }
+    }
+    close(tmp);
+    slot_null = fds[0];
+    slot_out = fds[1];
+    slot_err = fds[2];
+}
+
+/* Point the slots at out_fd and err_fd; returns 1 if the plan uses them. */
+static int take_slots(struct plan *p) {
+    if (slot_null < 0 || pthread_mutex_trylock(&slots_lock) != 0) return 0;
+    /* Still ours?  Code that closed them (a daemonizing close-all, say) may have had
+     * the numbers reused for its own files, which dup3 would then replace.  Give the
+     * slots up for good rather than risk that. */
+    if (!same_file(slot_null, slot_out) || !same_file(slot_null, slot_err)) {
+        slot_null = slot_out = slot_err = -1;
+        pthread_mutex_unlock(&slots_lock);
+        return 0;
+    }
+    /* dup3 keeps them close-on-exec: another thread's fork+exec must not inherit a
+     * job's pipe. */
+    if (dup3(p->out_fd, slot_out, O_CLOEXEC) < 0 || dup3(p->err_fd, slot_err, O_CLOEXEC) < 0) {
+        dup3(slot_null, slot_out, O_CLOEXEC);
+        pthread_mutex_unlock(&slots_lock);
+        return 0;
+    }
+    p->out_fd = slot_out;
+    p->err_fd = slot_err;
+    p->low_end = (slot_out > slot_err ? slot_out : slot_err) + 1;
+    return 1;
+}
+
+/* Drop the parent's references to the pipes; their ends must close with the child. */
+static void release_slots(void) {
+    dup3(slot_null, slot_out, O_CLOEXEC);
+    dup3(slot_null, slot_err, O_CLOEXEC);
+    pthread_mutex_unlock(&slots_lock);
+}
+
 static int child_main(void *arg) {
     child(arg);
     _exit(127);
@@ -334,10 +413,11 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     p.max_fd = open_max > 0 && open_max < 1 << 20 ? (int)open_max : 1 << 16;
 
     pid_t pid;
-    int pidfd = -1, msg[2] = {STAGE_OK, 0}, saved_errno = 0;
+    int pidfd = -1, msg[2] = {STAGE_OK, 0}, saved_errno = 0, slots;
     ssize_t got = 0;
     sigset_t all, old;
     Py_BEGIN_ALLOW_THREADS
+    slots = take_slots(&p);
     /* No signal handler of the parent may run in the child, which shares its memory;
      * the child resets dispositions before it unblocks. */
     sigfillset(&all);
@@ -346,6 +426,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                 CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | SIGCHLD, &p, &pidfd);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (slots) release_slots();
     if (pid > 0) {
         close(pipefd[1]);
         pipefd[1] = -1;
@@ -391,8 +472,14 @@ done:
     return result;
 }
 
+static PyObject *slots(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("(iii)", slot_null, slot_out, slot_err);
+}
+
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"slots", slots, METH_NOARGS,
+     "slots() -> (null, out, err): the reserved descriptors, or -1s if given up (for tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -405,6 +492,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__spawn(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    if (slot_null < 0) reserve_slots();
     if (PyModule_AddIntConstant(m, "STAGE_OK", STAGE_OK) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_CGROUP", STAGE_CGROUP) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_FDS", STAGE_FDS) < 0 ||
