@@ -20,8 +20,9 @@
  * joins each cgroup by writing "0" (itself) into its cgroup.procs, points stdin at
  * /dev/null and stdout and stderr at the capture pipe, changes directory, restores
  * default signal dispositions and an empty mask, and executes the first candidate path
- * that works.  A failure is written to a close-on-exec pipe as (stage, errno); the
- * parent then reaps the child and removes the log before returning.
+ * that works.  A failure is recorded as (stage, errno) in the plan, which the child
+ * shares with the parent; the parent then reaps the child and removes the log before
+ * returning.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -71,20 +72,22 @@ struct plan {
     char **cgroups; /* cgroup.procs files, NULL-terminated */
     const char *cwd;
     int out_fd;
-    int err_fd; /* write end of the error pipe, O_CLOEXEC */
     int max_fd;
-    int low_end; /* > 0: out_fd and err_fd are below it (the low slots) */
+    int low_end; /* > 0: out_fd is below it (a low slot) */
     int log_dir_fd;
     const char *log_base;
     /* Written by the child (shared memory), read by the parent once clone returns. */
+    int stage, err; /* what failed, if anything */
     int log_fd;
     char log_name[NAME_MAX + 1];
 };
 
-static void report(int fd, int stage, int err) {
-    int msg[2] = {stage, err};
-    ssize_t unused = write(fd, msg, sizeof msg);
-    (void)unused;
+/* The parent reads this once clone returns, which CLONE_VFORK delays until the child
+ * has executed the program or exited: if the child exited, this was written first.  So
+ * no error pipe, and no wait for exec to close one (40 us here). */
+static void report(struct plan *p, int stage, int err) {
+    p->stage = stage;
+    p->err = err;
 }
 
 static char *put_str(char *at, const char *end, const char *s) {
@@ -133,13 +136,13 @@ static int create_log(struct plan *p) {
 }
 
 /* Runs in the child: it shares the parent's memory, so it writes nothing but its own
- * stack and the plan's log fields, and makes only system calls. */
+ * stack and the plan's result fields, and makes only system calls. */
 static void __attribute__((noinline)) child(struct plan *p) {
     int i, fd, err;
 
     err = create_log(p);
     if (err) {
-        report(p->err_fd, STAGE_LOG, err);
+        report(p, STAGE_LOG, err);
         return;
     }
     /* Leave the shared table for a private copy before touching stdin/out/err, which
@@ -155,26 +158,26 @@ static void __attribute__((noinline)) child(struct plan *p) {
         syscall(SYS_close_range, p->low_end, ~0U, CLOSE_RANGE_UNSHARE) == 0) {
         if (p->low_end > 3 &&
             syscall(SYS_close_range, 3, p->low_end - 1, CLOSE_RANGE_CLOEXEC) < 0) {
-            report(p->err_fd, STAGE_FDS, errno);
+            report(p, STAGE_FDS, errno);
             return;
         }
     } else if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) < 0) {
         if (unshare(CLONE_FILES) < 0) {
-            report(p->err_fd, STAGE_FDS, errno);
+            report(p, STAGE_FDS, errno);
             return;
         }
         for (fd = 3; fd <= p->max_fd; fd++) {
-            if (fd != p->err_fd) fcntl(fd, F_SETFD, FD_CLOEXEC);
+            fcntl(fd, F_SETFD, FD_CLOEXEC);
         }
     }
     if (setsid() < 0) {
-        report(p->err_fd, STAGE_FDS, errno);
+        report(p, STAGE_FDS, errno);
         return;
     }
     for (i = 0; p->cgroups[i]; i++) {
         fd = open(p->cgroups[i], O_WRONLY | O_CLOEXEC);
         if (fd < 0 || write(fd, "0", 1) != 1) {
-            report(p->err_fd, STAGE_CGROUP, errno);
+            report(p, STAGE_CGROUP, errno);
             return;
         }
         close(fd);
@@ -182,12 +185,12 @@ static void __attribute__((noinline)) child(struct plan *p) {
     /* out_fd is > 2 (the parent guarantees it), so these dup2s cannot clobber it. */
     fd = open("/dev/null", O_RDONLY);
     if (fd < 0 || dup2(fd, 0) < 0 || dup2(p->out_fd, 1) < 0 || dup2(p->out_fd, 2) < 0) {
-        report(p->err_fd, STAGE_FDS, errno);
+        report(p, STAGE_FDS, errno);
         return;
     }
     if (fd > 2) close(fd);
     if (p->cwd && chdir(p->cwd) < 0) {
-        report(p->err_fd, STAGE_CWD, errno);
+        report(p, STAGE_CWD, errno);
         return;
     }
     /* Python ignores SIGPIPE and SIGXFSZ; ignored dispositions survive exec, and a job
@@ -216,7 +219,7 @@ static void __attribute__((noinline)) child(struct plan *p) {
             break;
         }
     }
-    report(p->err_fd, STAGE_EXEC, err);
+    report(p, STAGE_EXEC, err);
 }
 
 /* A NULL-terminated vector of C strings pointing into bytes objects it holds (the
@@ -291,12 +294,12 @@ static char *child_stack(void) {
     return stack;
 }
 
-/* Three descriptors reserved when this module is imported, while the table is still
- * small, so their numbers are low: between starts all three are one /dev/null open
- * file; during a start two of them hold the capture pipe and the error pipe.  One
- * start at a time uses them (others copy the whole table instead of waiting). */
+/* Two descriptors reserved when this module is imported, while the table is still
+ * small, so their numbers are low: between starts both are one /dev/null open file;
+ * during a start the second holds the capture pipe.  One start at a time uses them
+ * (others copy the whole table instead of waiting). */
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
-static int slot_null = -1, slot_out = -1, slot_err = -1;
+static int slot_null = -1, slot_out = -1;
 
 #ifndef KCMP_FILE
 #define KCMP_FILE 0
@@ -311,49 +314,42 @@ static void reserve_slots(void) {
     /* Above stderr even if this process has closed one of 0-2. */
     int tmp = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (tmp < 0) return;
-    int fds[3];
-    for (int i = 0; i < 3; i++) {
-        fds[i] = fcntl(tmp, F_DUPFD_CLOEXEC, 3);
-        if (fds[i] < 0) {
-            while (i--) close(fds[i]);
-            close(tmp);
-            return;
-        }
-    }
+    int null = fcntl(tmp, F_DUPFD_CLOEXEC, 3), out = fcntl(tmp, F_DUPFD_CLOEXEC, 3);
     close(tmp);
-    slot_null = fds[0];
-    slot_out = fds[1];
-    slot_err = fds[2];
+    if (null < 0 || out < 0) {
+        if (null >= 0) close(null);
+        if (out >= 0) close(out);
+        return;
+    }
+    slot_null = null;
+    slot_out = out;
 }
 
-/* Point the slots at out_fd and err_fd; returns 1 if the plan uses them. */
-static int take_slots(struct plan *p) {
+/* Point the slot at out_fd; returns 1 if the plan uses it. */
+static int take_slot(struct plan *p) {
     if (slot_null < 0 || pthread_mutex_trylock(&slots_lock) != 0) return 0;
     /* Still ours?  Code that closed them (a daemonizing close-all, say) may have had
      * the numbers reused for its own files, which dup3 would then replace.  Give the
      * slots up for good rather than risk that. */
-    if (!same_file(slot_null, slot_out) || !same_file(slot_null, slot_err)) {
-        slot_null = slot_out = slot_err = -1;
+    if (!same_file(slot_null, slot_out)) {
+        slot_null = slot_out = -1;
         pthread_mutex_unlock(&slots_lock);
         return 0;
     }
-    /* dup3 keeps them close-on-exec: another thread's fork+exec must not inherit a
-     * job's pipe. */
-    if (dup3(p->out_fd, slot_out, O_CLOEXEC) < 0 || dup3(p->err_fd, slot_err, O_CLOEXEC) < 0) {
-        dup3(slot_null, slot_out, O_CLOEXEC);
+    /* dup3 keeps it close-on-exec: another thread's fork+exec must not inherit a job's
+     * pipe. */
+    if (dup3(p->out_fd, slot_out, O_CLOEXEC) < 0) {
         pthread_mutex_unlock(&slots_lock);
         return 0;
     }
     p->out_fd = slot_out;
-    p->err_fd = slot_err;
-    p->low_end = (slot_out > slot_err ? slot_out : slot_err) + 1;
+    p->low_end = slot_out + 1;
     return 1;
 }
 
-/* Drop the parent's references to the pipes; their ends must close with the child. */
-static void release_slots(void) {
+/* Drop the parent's reference to the pipe: its write end must close with the child. */
+static void release_slot(void) {
     dup3(slot_null, slot_out, O_CLOEXEC);
-    dup3(slot_null, slot_err, O_CLOEXEC);
     pthread_mutex_unlock(&slots_lock);
 }
 
@@ -386,7 +382,6 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     struct plan p = {0};
     struct strv paths = {0}, argv = {0}, envp = {0}, cgroups = {0};
     PyObject *cwd_b = NULL, *base_b = NULL, *result = NULL;
-    int pipefd[2] = {-1, -1};
     p.out_fd = out_fd;
     p.log_dir_fd = log_dir_fd;
     p.log_fd = -1;
@@ -404,20 +399,18 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     if (!PyUnicode_FSConverter(base_o, &base_b)) goto done;
     p.log_base = PyBytes_AS_STRING(base_b);
     char *stack = child_stack();
-    if (!stack || pipe2(pipefd, O_CLOEXEC) < 0) {
+    if (!stack) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
-    p.err_fd = pipefd[1];
     long open_max = sysconf(_SC_OPEN_MAX);
     p.max_fd = open_max > 0 && open_max < 1 << 20 ? (int)open_max : 1 << 16;
 
     pid_t pid;
-    int pidfd = -1, msg[2] = {STAGE_OK, 0}, saved_errno = 0, slots;
-    ssize_t got = 0;
+    int pidfd = -1, saved_errno = 0, slot;
     sigset_t all, old;
     Py_BEGIN_ALLOW_THREADS
-    slots = take_slots(&p);
+    slot = take_slot(&p);
     /* No signal handler of the parent may run in the child, which shares its memory;
      * the child resets dispositions before it unblocks. */
     sigfillset(&all);
@@ -426,43 +419,29 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
                 CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | SIGCHLD, &p, &pidfd);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (slots) release_slots();
-    if (pid > 0) {
-        close(pipefd[1]);
-        pipefd[1] = -1;
-        do {
-            got = read(pipefd[0], msg, sizeof msg);
-        } while (got < 0 && errno == EINTR);
-        if (got != 0) {
-            /* The child failed (or we cannot tell): reap it, and remove its log, before
-             * saying so. */
-            if (got < 0) {
-                saved_errno = errno;
-                kill(pid, SIGKILL);
-            }
-            while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-            }
-            close(pidfd);
-            if (p.log_fd >= 0) {
-                unlinkat(log_dir_fd, p.log_name, 0);
-                close(p.log_fd);
-            }
+    if (slot) release_slot();
+    if (pid > 0 && p.stage != STAGE_OK) {
+        /* The child failed and exited: reap it, and remove its log, before saying so. */
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+        close(pidfd);
+        if (p.log_fd >= 0) {
+            unlinkat(log_dir_fd, p.log_name, 0);
+            close(p.log_fd);
         }
     }
     Py_END_ALLOW_THREADS
 
-    if (pid < 0 || got < 0) {
+    if (pid < 0) {
         errno = saved_errno;
         PyErr_SetFromErrno(PyExc_OSError);
-    } else if (got > 0) {
-        result = Py_BuildValue("(iiiyii)", -1, -1, -1, "", msg[0], msg[1]);
+    } else if (p.stage != STAGE_OK) {
+        result = Py_BuildValue("(iiiyii)", -1, -1, -1, "", p.stage, p.err);
     } else {
         result = Py_BuildValue("(iiiyii)", (int)pid, pidfd, p.log_fd, p.log_name, STAGE_OK, 0);
     }
 
 done:
-    if (pipefd[0] >= 0) close(pipefd[0]);
-    if (pipefd[1] >= 0) close(pipefd[1]);
     Py_XDECREF(cwd_b);
     Py_XDECREF(base_b);
     strv_free(&paths);
@@ -473,13 +452,13 @@ done:
 }
 
 static PyObject *slots(PyObject *self, PyObject *unused) {
-    return Py_BuildValue("(iii)", slot_null, slot_out, slot_err);
+    return Py_BuildValue("(ii)", slot_null, slot_out);
 }
 
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
     {"slots", slots, METH_NOARGS,
-     "slots() -> (null, out, err): the reserved descriptors, or -1s if given up (for tests)."},
+     "slots() -> (null, out): the reserved descriptors, or -1s if given up (for tests)."},
     {NULL, NULL, 0, NULL},
 };
 
