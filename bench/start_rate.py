@@ -9,9 +9,10 @@ medians are reported.
 The worker creates a log file per job, which plain Popen does not: ``popen+file``
 (``Popen(stdout=<a new file>)``) and the worker with its logs on tmpfs (/dev/shm) are
 shown for reference, and the cost of creating one file in the log directory is probed
-before and after the run.  Logs are only deleted
-at the end, because on ext4 without a journal every file deleted makes the next file
-creations slower for minutes (see ``_common.file_create_us``).
+before and after the run.  Logs are only deleted at the end, because on ext4 without a
+journal every file deleted makes the next file creations slower for minutes (see
+``_common.file_create_us``); for the same reason every method creates its files in one
+directory.
 """
 
 from __future__ import annotations
@@ -118,11 +119,15 @@ def main() -> None:
         workers: dict[str, Worker] = {}
         limits: dict[str, Limits | None] = {}
 
-        def add_worker(
-            name: str, rc: ResourceControl, lim: Limits | None, base: Path = tmp
-        ) -> None:
-            d = base / name.replace(" ", "_")
-            d.mkdir()
+        # Every method's files go into this one directory.  On ext4 a directory's new
+        # inodes come from its own block group, and a group where thousands of inodes
+        # were freed in the last minutes makes every creation scan past them (see
+        # _common.file_create_us): with a directory each, one method could land in a
+        # bad group and another in a good one.
+        logs = tmp / "logs"
+        logs.mkdir()
+
+        def add_worker(name: str, rc: ResourceControl, lim: Limits | None, d: Path = logs) -> None:
             workers[name] = Worker(d, resource_control=rc)
             limits[name] = lim
 
@@ -152,8 +157,7 @@ def main() -> None:
             if cgroup_note:
                 print(cgroup_note)
 
-            popen_dir = tmp / "popen"
-            popen_dir.mkdir()
+            popen_dir = logs
             methods: dict[str, Callable[[], tuple[float, float]]] = {
                 "popen": partial(run_popen, n),
                 "popen+file": partial(run_popen_file, n, popen_dir),

@@ -150,7 +150,7 @@ static void __attribute__((noinline)) child(struct plan *p) {
      * pidfds, this job's log) must not leak into the job: a leaked pipe write end would
      * keep another job's output open forever.
      *
-     * With the low slots (see take_slots), the copy is of the fds below the slots
+     * With the low slot (see take_slot), the copy is of the fds below the slot
      * only: close_range(UNSHARE) over a range reaching past the last fd copies just
      * what lies below it.  Copying the whole table would touch every open file of the
      * worker, three per running job, at every start. */
@@ -439,6 +439,15 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         result = Py_BuildValue("(iiiyii)", -1, -1, -1, "", p.stage, p.err);
     } else {
         result = Py_BuildValue("(iiiyii)", (int)pid, pidfd, p.log_fd, p.log_name, STAGE_OK, 0);
+        if (!result) {
+            /* No way to hand the job over: take it down rather than leak it. */
+            syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+            while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+            }
+            close(pidfd);
+            unlinkat(log_dir_fd, p.log_name, 0);
+            close(p.log_fd);
+        }
     }
 
 done:
