@@ -156,10 +156,10 @@ static void __attribute__((noinline)) child(struct plan *p) {
      * worker, three per running job, at every start. */
     if (p->low_end > 0 &&
         syscall(SYS_close_range, p->low_end, ~0U, CLOSE_RANGE_UNSHARE) == 0) {
+        /* (CLOSE_RANGE_CLOEXEC came in 5.11, UNSHARE in 5.9.) */
         if (p->low_end > 3 &&
             syscall(SYS_close_range, 3, p->low_end - 1, CLOSE_RANGE_CLOEXEC) < 0) {
-            report(p, STAGE_FDS, errno);
-            return;
+            for (fd = 3; fd < p->low_end; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
         }
     } else if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) < 0) {
         if (unshare(CLONE_FILES) < 0) {
