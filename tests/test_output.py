@@ -7,11 +7,12 @@ import stat
 import subprocess
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from jobworker import Command, ResourceControl, Status, Worker
+from jobworker import Command, ResourceControl, Status, Worker, _spawn
 
 from conftest import PY, run_python
 
@@ -115,7 +116,17 @@ def test_job_does_not_inherit_worker_fds(worker: Worker, owner: uuid.UUID) -> No
     worker.stop(sleeper, owner, grace=0)
 
 
-def test_concurrent_starts_leak_no_fds(worker: Worker, owner: uuid.UUID) -> None:
+@pytest.fixture(params=["close_range", "no close_range"])
+def fd_copy(request: pytest.FixtureRequest) -> Iterator[str]:
+    # Kernels before 5.9 have no close_range: the child then lists /proc/self/fd.
+    _spawn.set_without_close_range(request.param == "no close_range")
+    try:
+        yield request.param
+    finally:
+        _spawn.set_without_close_range(False)
+
+
+def test_concurrent_starts_leak_no_fds(worker: Worker, owner: uuid.UUID, fd_copy: str) -> None:
     # One start at a time copies only the low end of the worker's fd table (the slots);
     # the others, meanwhile, copy all of it.  Neither may leak a descriptor.
     sleepers = [worker.start(Command("sleep", ["1000"]), owner) for _ in range(20)]
