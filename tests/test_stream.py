@@ -116,6 +116,16 @@ def test_deleted_log_is_a_clear_error(worker: Worker, owner: uuid.UUID) -> None:
         worker.stream(job, owner)
 
 
+def test_truncated_log_is_a_clear_error_not_an_early_end(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sh", ["-c", "printf 0123456789; exec sleep 1000"]), owner)
+    with worker.stream(job, owner) as r:
+        assert r.read(4) == b"0123"
+        os.truncate(worker.query(job, owner).log_path, 0)
+        with pytest.raises(LogUnavailable, match="truncated"):
+            r.read()
+    worker.stop(job, owner, grace=0)
+
+
 def test_async_face_streams_the_same_bytes(worker: Worker, owner: uuid.UUID) -> None:
     async def main() -> tuple[bytes, bytes]:
         aw = AsyncWorker(worker)

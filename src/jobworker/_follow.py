@@ -60,6 +60,10 @@ class _ReaderBase:
         if available <= 0:
             return b"" if ended else None
         data = os.pread(self._fd, min(size, available), self._pos)
+        if not data:
+            # The worker wrote those bytes: someone cut the file short.  b"" would say
+            # "the end", which it is not.
+            raise LogUnavailable(f"log of job {self._job.id} is unavailable: it was truncated")
         self._pos += len(data)
         return data
 
