@@ -7,7 +7,7 @@
     ├── LimitError            (also ValueError)  a limit is malformed or not enforceable here
     ├── JobNotFound           (also LookupError) no such job *for this owner*
     ├── JobNotRunning                            stop of a job that has already ended
-    ├── LogUnavailable                           the job's log is gone (retention, deletion)
+    ├── LogUnavailable                           the job's log is gone, replaced or cut short
     └── WorkerClosed                             the worker has been closed
 
 A job owned by someone else raises ``JobNotFound`` with exactly the message an unknown
@@ -67,7 +67,8 @@ class JobNotRunning(JobworkerError):
 
 
 class LogUnavailable(JobworkerError):
-    """The job exists but its log file can no longer be opened."""
+    """The job exists but its log file can no longer be read: deleted, replaced or
+    truncated."""
 
 
 class WorkerClosed(JobworkerError):
