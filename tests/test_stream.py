@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import uuid
@@ -124,6 +125,51 @@ def test_truncated_log_is_a_clear_error_not_an_early_end(worker: Worker, owner: 
         with pytest.raises(LogUnavailable, match="truncated"):
             r.read()
     worker.stop(job, owner, grace=0)
+
+
+def test_cancelled_async_waits_leave_the_reactor_alone(
+    worker: Worker, owner: uuid.UUID, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A wait (or a read) cancelled on a loop that is then closed: when the job ends, the
+    # reactor must not call into that loop.
+    job = worker.start(Command("sh", ["-c", "printf x; exec sleep 1000"]), owner)
+
+    async def give_up() -> None:
+        aw = AsyncWorker(worker)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(aw.wait(job, owner), 0.05)
+        async with aw.stream(job, owner) as r:
+            assert await r.read() == b"x"
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(r.read(), 0.05)
+
+    with caplog.at_level(logging.ERROR, logger="jobworker"):
+        asyncio.run(give_up())
+        worker.stop(job, owner, grace=0)
+        # The end's callbacks run on the reactor after stop() returns; the reactor is
+        # done with them once it has seen another job end.
+        worker.wait(worker.start(Command("true"), owner), owner)
+    assert "internal error" not in caplog.text
+
+
+def test_a_failing_wake_up_leaves_other_readers_awake(
+    worker: Worker, owner: uuid.UUID, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = worker.start(Command("sh", ["-c", "sleep 0.3; printf b; exec sleep 1000"]), owner)
+
+    def fail() -> None:
+        raise RuntimeError("a broken waiter")
+
+    assert worker._jobs[job].wait_for_more(0, fail)  # first in line for the next bytes
+    got: list[bytes] = []
+    with worker.stream(job, owner) as r:
+        t = threading.Thread(target=lambda: got.append(r.read(1)))
+        with caplog.at_level(logging.ERROR, logger="jobworker"):
+            t.start()
+            t.join(10)
+    worker.stop(job, owner, grace=0)
+    assert got == [b"b"]
+    assert "a broken waiter" in caplog.text
 
 
 def test_async_face_streams_the_same_bytes(worker: Worker, owner: uuid.UUID) -> None:

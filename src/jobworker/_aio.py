@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from ._follow import AsyncLogReader, _resolve
+from ._follow import AsyncLogReader, _resolve, call_soon_threadsafe
 from ._job import Job
 from ._model import Command, JobInfo, Limits
 from ._worker import Worker
@@ -25,10 +25,14 @@ async def _ended(job: Job) -> None:
     ended: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:  # on the reactor thread
-        loop.call_soon_threadsafe(_resolve, ended)
+        call_soon_threadsafe(loop, _resolve, ended)
 
     job.when_ended(wake)
-    await ended
+    try:
+        await ended
+    finally:
+        # Cancelled: the job must not call into this loop later, perhaps once closed.
+        job.forget_ended(wake)
 
 
 class AsyncWorker:

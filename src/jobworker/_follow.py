@@ -14,15 +14,16 @@ job's log received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 
 from ._errors import LogUnavailable
 from ._job import Job
 
-__all__ = ["AsyncLogReader", "LogReader"]
+__all__ = ["AsyncLogReader", "LogReader", "call_soon_threadsafe"]
 
 CHUNK = 1 << 16
 
@@ -126,7 +127,7 @@ class AsyncLogReader(_ReaderBase):
         # Called on the reactor thread.
         fut = self._future
         if fut is not None:
-            self._loop.call_soon_threadsafe(_resolve, fut)
+            call_soon_threadsafe(self._loop, _resolve, fut)
 
     async def read(self, size: int = CHUNK) -> bytes:
         """Up to ``size`` bytes as soon as there are any; b"" only at the end."""
@@ -170,3 +171,13 @@ class AsyncLogReader(_ReaderBase):
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def call_soon_threadsafe(
+    loop: asyncio.AbstractEventLoop,
+    fn: Callable[[asyncio.Future[None]], None],
+    fut: asyncio.Future[None],
+) -> None:
+    """From the reactor thread: a loop closed meanwhile has no one left to wake."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, fut)

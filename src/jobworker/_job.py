@@ -123,6 +123,10 @@ class Job:
                 return
         waiter()
 
+    def forget_ended(self, waiter: Waiter) -> None:
+        with self.lock, contextlib.suppress(ValueError):
+            self._end_waiters.remove(waiter)
+
     def info(self) -> JobInfo:
         with self.lock:
             status, ended_at = self.status, self.ended_at
@@ -188,9 +192,8 @@ class Job:
             log.error("jobworker: job %s: log write failed (%s); discarding", self.id, e)
             self._log_failed = True
             got, moved, eof = e.read, e.moved, False
-        waiters = self._advance(moved) if moved else []
-        for w in waiters:
-            w()
+        if moved:
+            _wake_all(self._advance(moved))
         if eof:
             self._close_pipe()
             self._maybe_finish()
@@ -297,8 +300,7 @@ class Job:
             self.ended.set()
             waiters = self._waiters + self._end_waiters
             self._waiters, self._end_waiters = [], []
-        for w in waiters:
-            w()
+        _wake_all(waiters)
 
     def _final_status(self) -> Status:
         code = self._exit
@@ -309,3 +311,12 @@ class Job:
         if code < 0:
             return Status.signaled(-code, oom_killed=self._group.oom_killed())
         return Status.exited(code)
+
+
+def _wake_all(waiters: list[Waiter]) -> None:
+    # One waiter that fails must not leave the others asleep for ever.
+    for w in waiters:
+        try:
+            w()
+        except Exception:
+            log.exception("jobworker: a reader's wake-up failed")
