@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import select
 import signal
@@ -35,6 +37,10 @@ def wait_end(worker: Worker, job: uuid.UUID, owner: uuid.UUID) -> Status:
     with worker.stream(job, owner) as r:
         r.read()
     return worker.query(job, owner).status
+
+
+def run_true(worker: Worker, owner: uuid.UUID) -> Status:
+    return worker.wait(worker.start(Command("true"), owner), owner, timeout=10).status
 
 
 def pid_alive(pid: int) -> bool:
@@ -206,6 +212,96 @@ def test_concurrent_stops_are_safe(worker: Worker, owner: uuid.UUID) -> None:
     assert worker.query(job, owner).status == Status.stopped(StopType.KILL)
 
 
+@pytest.mark.parametrize("grace", [float("nan"), -1.0, "5"])
+def test_a_grace_that_is_not_a_duration_is_refused(
+    worker: Worker, owner: uuid.UUID, log_dir: Path, grace: object
+) -> None:
+    job = worker.start(Command("sleep", ["1000"]), owner)
+    with pytest.raises(ValueError, match="grace"):
+        worker.stop(job, owner, grace=grace)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grace"):
+        Worker(log_dir, grace=grace)  # type: ignore[arg-type]
+    worker.stop(job, owner, grace=0)
+
+
+def test_an_endless_grace_waits_for_term_and_a_later_stop_can_kill(
+    worker: Worker, owner: uuid.UUID
+) -> None:
+    # An infinite (or any very long) grace once overflowed epoll's timeout and killed
+    # the reactor thread.
+    job = worker.start(Command("sh", ["-c", "trap '' TERM; echo ready; sleep 1000"]), owner)
+    with worker.stream(job, owner) as r:
+        assert r.read(6) == b"ready\n"
+    patient = threading.Thread(target=worker.stop, args=(job, owner, float("inf")))
+    patient.start()
+    time.sleep(0.2)  # let the endless stop begin; the job ignores its SIGTERM
+    assert worker.query(job, owner).status.state is State.RUNNING
+    other = worker.start(Command("sh", ["-c", "trap '' TERM; sleep 1000"]), owner)
+    very_patient = threading.Thread(target=worker.stop, args=(other, owner, 1e12))
+    very_patient.start()
+    worker.stop(job, owner, grace=0)
+    patient.join(10)
+    assert not patient.is_alive()
+    assert worker.query(job, owner).status == Status.stopped(StopType.KILL)
+    assert run_true(worker, owner) == Status.exited(0)  # the reactor is alive
+    worker.stop(other, owner, grace=0)
+    very_patient.join(10)
+
+
+def test_jobs_reaped_behind_the_workers_back_still_end(
+    log_dir: Path, owner: uuid.UUID, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With SIGCHLD ignored the kernel reaps children itself: the worker cannot learn
+    # the exit status, must not signal the freed pid, and must still end the job.
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jobworker"), Worker(log_dir) as w:
+            job = w.start(Command("sh", ["-c", "echo out; exit 3"]), owner)
+            info = w.wait(job, owner, timeout=10)
+            assert info.status == Status.exited(None)
+            with w.stream(job, owner) as r:
+                assert r.read() == b"out\n"
+        assert "SIGCHLD is ignored" in caplog.text
+        assert "internal error" not in caplog.text
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+
+
+def test_a_start_whose_watch_fails_leaves_nothing(
+    worker: Worker, owner: uuid.UUID, log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # epoll refusing the job's pidfd (its watch limit, say), after the process started.
+    def refuse(fd: int, events: int, handler: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(worker._reactor, "register", refuse)
+    with pytest.raises(StartError, match="No space left"):
+        worker.start(Command("sleep", ["1000"]), owner)
+    monkeypatch.undo()
+    assert worker.list(owner) == []
+    assert list(log_dir.iterdir()) == []
+    assert live_children() == []
+    assert run_true(worker, owner) == Status.exited(0)
+
+
+def test_a_closed_reactor_drops_callbacks_without_touching_its_old_fd(
+    log_dir: Path, tmp_path: Path
+) -> None:
+    # stop() racing close(): the eventfd's number may belong to another file by now.
+    w = Worker(log_dir)
+    reactor = w._reactor
+    old_fd = reactor._wake_fd
+    w.close()
+    fd = os.open(tmp_path / "someone_elses", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.dup2(fd, old_fd)
+        reactor.call_soon(lambda: None)
+        assert os.pread(old_fd, 100, 0) == b""
+    finally:
+        os.close(old_fd)
+        os.close(fd)
+
+
 def test_thousands_of_jobs_leave_no_zombies(log_dir: Path, owner: uuid.UUID) -> None:
     with Worker(log_dir) as w:
         jobs = [w.start(Command("true"), owner) for _ in range(2000)]
@@ -224,7 +320,7 @@ def test_worker_close_kills_running_jobs(log_dir: Path, owner: uuid.UUID) -> Non
 
 
 def test_a_closed_worker_leaves_only_its_jobs_logs(log_dir: Path, owner: uuid.UUID) -> None:
-    # The logs the worker made ahead of time for jobs it never started had no name.
+    # Only the jobs' logs: no temporary or leftover file.
     with Worker(log_dir) as w:
         jobs = [w.start(Command("true"), owner) for _ in range(3)]
         logs = {w.wait(j, owner).log_path.name for j in jobs}

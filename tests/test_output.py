@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jobworker import Command, ResourceControl, Status, Worker, _spawn
+from jobworker import AsyncWorker, Command, ResourceControl, Status, Worker, _spawn
 
 from conftest import PY, run_python
 
@@ -178,6 +179,46 @@ print("ok")
 """
     done = subprocess.run([PY, "-c", script], capture_output=True, timeout=60)
     assert done.stdout == b"ok\n", done.stderr.decode()
+
+
+def test_a_host_with_its_stdio_closed_can_start_jobs(tmp_path: Path) -> None:
+    # A daemon that closed fds 0-2: the job's pipe would get those numbers.
+    script = f"""
+import os, uuid
+from jobworker import Command, NoCgroups, Worker
+with Worker({str(tmp_path)!r}, resource_control=NoCgroups("test")) as w:
+    os.close(0); os.close(1)
+    owner = uuid.uuid4()
+    job = w.start(Command("echo", ["hi"]), owner)
+    with w.stream(job, owner) as r:
+        assert r.read() == b"hi\\n"
+os.write(2, b"ok")
+"""
+    done = subprocess.run([PY, "-c", script], capture_output=True, timeout=60)
+    assert done.stderr.endswith(b"ok"), done.stderr.decode()
+
+
+def test_an_async_reader_needs_a_running_loop_and_leaks_nothing_without(
+    worker: Worker, owner: uuid.UUID
+) -> None:
+    job = worker.start(Command("echo", ["x"]), owner)
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        AsyncWorker(worker).stream(job, owner)  # the fixture checks for a leaked fd
+
+
+def test_closing_an_async_reader_wakes_its_pending_read(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sleep", ["1000"]), owner)
+
+    async def main() -> None:
+        r = AsyncWorker(worker).stream(job, owner)
+        pending = asyncio.ensure_future(r.read())
+        await asyncio.sleep(0.05)
+        r.close()
+        with pytest.raises(ValueError, match="closed reader"):
+            await asyncio.wait_for(pending, 5)
+
+    asyncio.run(main())
+    worker.stop(job, owner, grace=0)
 
 
 def test_sigpipe_is_default_in_the_job(worker: Worker, owner: uuid.UUID) -> None:

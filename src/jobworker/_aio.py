@@ -15,7 +15,7 @@ import uuid
 from ._follow import AsyncLogReader, _resolve, call_soon_threadsafe
 from ._job import Job
 from ._model import Command, JobInfo, Limits
-from ._worker import Worker
+from ._worker import Worker, _check_grace
 
 __all__ = ["AsyncWorker"]
 
@@ -49,8 +49,9 @@ class AsyncWorker:
     async def stop(
         self, job_id: uuid.UUID, owner_id: uuid.UUID, grace: float | None = None
     ) -> None:
+        grace = self.worker.grace if grace is None else _check_grace(grace)
         job = self.worker._get(job_id, owner_id)
-        job.request_stop(self.worker.grace if grace is None else grace)
+        job.request_stop(grace)
         await _ended(job)
 
     async def wait(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> JobInfo:

@@ -90,11 +90,33 @@ class LogWriteError(OSError):
         self.moved = moved
 
 
+def _above_stdio(fd: int) -> int:
+    """``fd``, moved above 2 if a host that closed its stdin/stdout/stderr got it there:
+    the job's child puts its own stdin/stdout/stderr in those places."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
 class OutputPipe:
     """The pipe both of a job's output streams write into."""
 
     def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            r = _above_stdio(r)
+        except BaseException:
+            os.close(w)
+            raise
+        try:
+            w = _above_stdio(w)
+        except BaseException:
+            os.close(r)
+            raise
+        self.read_fd, self.write_fd = r, w
         self._grown = False
 
     def _grow(self) -> None:

@@ -119,9 +119,10 @@ class AsyncLogReader(_ReaderBase):
     """The asyncio face of ``LogReader``: ``await read()`` and ``async for chunk in``."""
 
     def __init__(self, job: Job) -> None:
-        super().__init__(job)
+        # The loop first: without one, no fd may have been opened.
         self._loop = asyncio.get_running_loop()
         self._future: asyncio.Future[None] | None = None
+        super().__init__(job)
 
     def _wake(self) -> None:
         # Called on the reactor thread.
@@ -158,6 +159,9 @@ class AsyncLogReader(_ReaderBase):
     def close(self) -> None:
         self._job.forget(self._wake)
         self._release()
+        # A read() waiting at the end wakes, and finds the reader closed (as a blocking
+        # reader's does).
+        self._wake()
 
     async def __aenter__(self) -> AsyncLogReader:
         return self

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import select
 import signal
@@ -84,7 +85,8 @@ class Job:
         self._stop: StopType | None = None  # set once a stop was requested
         self._kill_timer: Timer | None = None
         self._orphan_timer: Timer | None = None
-        self._exit: int | None = None  # code, or -signal
+        self._exited = False  # the main process has exited (and been reaped)
+        self._exit: int | None = None  # its code, or -signal; None if unknown
         self._events_fd = -1
         self._pipe_open = True
         self._pipe_source = PipeSource(pipe.read_fd, self._on_output)
@@ -93,10 +95,42 @@ class Job:
     # -- wiring ------------------------------------------------------------------------
 
     def attach(self) -> None:
-        """Start watching the job's pidfd and pipe (from any thread)."""
-        # The pipe first: the exit handler reads it once armed (see _on_exit).
-        self._reactor.add_pipe(self._pipe_source)
-        self._reactor.register(self._process.pidfd, select.EPOLLIN, self._on_exit)
+        """Start watching the job's pidfd and pipe (from any thread).
+
+        If that fails (epoll refusing another fd, say), the job is taken down, and
+        every trace of it removed, before the exception goes on.
+        """
+        try:
+            # The pipe first: the exit handler reads it once armed (see _on_exit).
+            self._reactor.add_pipe(self._pipe_source)
+            self._reactor.register(self._process.pidfd, select.EPOLLIN, self._on_exit)
+        except BaseException:
+            # On the reactor thread, which may already be copying from the pipe.
+            done = threading.Event()
+
+            def abort() -> None:
+                try:
+                    self._abort()
+                finally:
+                    done.set()
+
+            self._reactor.call_soon(abort)
+            done.wait()
+            raise
+
+    def _abort(self) -> None:
+        self._reactor.remove_pipe(self._pipe_source)
+        self._reactor.unregister(self._process.pidfd)
+        self._kill_everything()
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, self._process.pidfd, os.WEXITED)
+        self._process.forget()
+        self._pipe.close()
+        self._log.discard()
+        try:
+            self._group.remove()
+        except OSError:
+            log.exception("jobworker: job %s: cannot remove its cgroup", self.id)
 
     # -- reader side (any thread) -------------------------------------------------------
 
@@ -148,24 +182,25 @@ class Job:
     def request_stop(self, grace: float) -> None:
         """Ask for a stop (from any thread); raises if the main process already exited."""
         with self.lock:
-            if self._exit is not None or self.ended.is_set():
+            if self._exited or self.ended.is_set():
                 raise JobNotRunning(self.id)
         self._reactor.call_soon(lambda: self._begin_stop(grace))
 
     def _begin_stop(self, grace: float) -> None:
-        if self._exit is not None:
+        if self._exited:
             return  # exited on its own meanwhile; its natural status stands
         if self._stop is None:
             self._stop = StopType.TERM
             if grace > 0:
                 self._process.send(signal.SIGTERM, group=True)
-                self._kill_timer = self._reactor.call_later(grace, self._escalate)
+                if grace != math.inf:  # inf: SIGTERM only, however long it takes
+                    self._kill_timer = self._reactor.call_later(grace, self._escalate)
                 return
         if self._stop is StopType.TERM and grace <= 0:
             self._escalate()
 
     def _escalate(self) -> None:
-        if self._exit is not None:
+        if self._exited:
             return
         self._stop = StopType.KILL
         if self._kill_timer is not None:
@@ -208,13 +243,27 @@ class Job:
     def _on_exit(self, _mask: int) -> None:
         if self._process.reaped:
             return
-        # Still a zombie here: the group id is pinned, so killing the group is safe.
-        if os.waitid(os.P_PIDFD, self._process.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            return  # spurious
-        self._kill_everything()
-        self._reactor.unregister(self._process.pidfd)
-        code = self._process.reap()
+        try:
+            waited = os.waitid(
+                os.P_PIDFD, self._process.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT
+            )
+        except ChildProcessError:
+            # Reaped behind the worker's back (SIGCHLD ignored, or someone's wait()):
+            # the pid is free and may already be another process's, so nothing is
+            # signalled by pid from here on; the cgroup still reaches what is left.
+            self._group.kill()
+            self._reactor.unregister(self._process.pidfd)
+            self._process.forget()
+            code = None
+        else:
+            if waited is None:
+                return  # spurious
+            # Still a zombie here: the group id is pinned, so killing the group is safe.
+            self._kill_everything()
+            self._reactor.unregister(self._process.pidfd)
+            code = self._process.reap()
         with self.lock:
+            self._exited = True
             self._exit = code
         # If every writer was gone before the pipe was armed, nothing will say so.
         if self._pipe_open:
@@ -269,7 +318,7 @@ class Job:
             self._pipe.close()
 
     def _maybe_finish(self) -> None:
-        if self._exit is None or self._pipe_open or self.ended.is_set():
+        if not self._exited or self._pipe_open or self.ended.is_set():
             return
         if self._group_populated():
             if self._group.events_file is None:

@@ -122,10 +122,15 @@ class Process:
             pass
 
     def reap(self) -> int | None:
-        """Reap if exited; return the raw wait status's meaning as -signal or code."""
+        """Reap if exited; return the raw wait status's meaning as -signal or code
+        (None if someone else reaped it first)."""
         if self.reaped:
             return None
-        result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        try:
+            result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            self.forget()
+            return None
         if result is None:
             return None  # a spurious wake-up: not exited yet
         self.reaped = True
@@ -134,6 +139,14 @@ class Process:
         if result.si_code == os.CLD_EXITED:
             return result.si_status
         return -result.si_status  # CLD_KILLED or CLD_DUMPED: the signal number
+
+    def forget(self) -> None:
+        """The process was reaped by someone else: its exit status is lost, and its pid
+        must not be used again."""
+        self.reaped = True
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 def _start_error(

@@ -36,6 +36,7 @@ log = logging.getLogger("jobworker")
 
 Callback = Callable[[], None]
 SCRATCH_SIZE = 1 << 20
+MAX_WAIT = 86400.0
 
 
 class Timer:
@@ -66,6 +67,8 @@ class Reactor:
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._closing = False
+        self._closed = False  # the eventfd is closed: call_soon drops callbacks
+        self._close_lock = threading.Lock()
         self._runnable: collections.deque[PipeSource] = collections.deque()
         self._watcher: PipeWatcher | None = None  # set up on the thread: see _setup
         # Scratch space for callbacks: they run one at a time on this thread, so one
@@ -199,10 +202,18 @@ class Reactor:
             self._runnable.append(source)
 
     def call_soon(self, callback: Callback) -> None:
-        """Run ``callback`` on the reactor thread (thread-safe)."""
-        self._ready.append(callback)
-        if not self.in_reactor:
-            with contextlib.suppress(OSError):
+        """Run ``callback`` on the reactor thread (thread-safe); once the reactor is
+        closed, it is dropped."""
+        if self.in_reactor:
+            self._ready.append(callback)
+            return
+        # Under the lock, so that close() cannot close the eventfd in between and let
+        # its number be reused: the write would land in someone else's file.
+        with self._close_lock:
+            if self._closed:
+                return
+            self._ready.append(callback)
+            with contextlib.suppress(BlockingIOError):  # the counter is full: it will wake
                 os.eventfd_write(self._wake_fd, 1)
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
@@ -222,8 +233,10 @@ class Reactor:
         self._closing = True
         self.call_soon(lambda: None)
         self._thread.join()
-        self._epoll.close()
-        os.close(self._wake_fd)
+        with self._close_lock:
+            self._closed = True
+            self._epoll.close()
+            os.close(self._wake_fd)
         if self._watcher is not None:
             self._watcher.close()
 
@@ -234,7 +247,9 @@ class Reactor:
             heapq.heappop(self._timers)
         if not self._timers:
             return -1
-        return max(0.0, self._timers[0][0] - time.monotonic())
+        # epoll's timeout is an int of milliseconds: a far deadline (a stop grace of
+        # years) just means waking once a day to look again.
+        return min(MAX_WAIT, max(0.0, self._timers[0][0] - time.monotonic()))
 
     def _run(self) -> None:
         self._setup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import resource
 import signal
@@ -42,6 +43,15 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _check_grace(grace: float) -> float:
+    # NaN compares false both ways: it would neither signal now nor set a timer.
+    if not isinstance(grace, int | float) or math.isnan(grace) or grace < 0:
+        raise ValueError(
+            f"grace must be a number of seconds >= 0 (inf: never SIGKILL), not {grace!r}"
+        )
+    return float(grace)
+
+
 class Worker:
     """Runs jobs; thread-safe.  Use as a context manager, or call ``close()``.
 
@@ -60,7 +70,7 @@ class Worker:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.log_dir = Path(log_dir).absolute()
-        self.grace = grace
+        self.grace = _check_grace(grace)
         self._env = dict(os.environ if env is None else env)
         self._envp = encode_env(self._env)  # raises ValueError on a bad name or a NUL
         self._jobs: dict[uuid.UUID, Job] = {}
@@ -82,6 +92,11 @@ class Worker:
         except BaseException:
             os.close(self._log_dir_fd)
             raise
+        if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+            log.warning(
+                "jobworker: SIGCHLD is ignored in this process, so the kernel reaps jobs"
+                " itself: their exit statuses are lost (exited(None))"
+            )
         if not self.resource_control.contains:
             log.warning(
                 "jobworker: %s; jobs are contained by their process group only",
@@ -105,7 +120,10 @@ class Worker:
             self._starting += 1  # close() waits for this start to register its job
         try:
             job_id, job = self._start(command, owner_id, limits, paths, argv, envp)
-            job.attach()
+            try:
+                job.attach()
+            except OSError as e:
+                raise StartError(e.errno, f"cannot start {command.name}: {e.strerror}") from e
             with self._lock:
                 self._jobs[job_id] = job
         finally:
@@ -166,11 +184,13 @@ class Worker:
     def stop(self, job_id: uuid.UUID, owner_id: uuid.UUID, grace: float | None = None) -> None:
         """SIGTERM the job's process group, SIGKILL everything after ``grace`` seconds.
 
-        Returns once the job has ended.  ``grace=0`` kills at once.  Raises
-        ``JobNotRunning`` if the job's main process has already exited.
+        Returns once the job has ended.  ``grace=0`` kills at once, ``math.inf`` never
+        (SIGTERM only).  Raises ``JobNotRunning`` if the job's main process has already
+        exited, ``ValueError`` for a negative or NaN grace.
         """
+        grace = self.grace if grace is None else _check_grace(grace)
         job = self._get(job_id, owner_id)
-        job.request_stop(self.grace if grace is None else grace)
+        job.request_stop(grace)
         job.ended.wait()
 
     def wait(self, job_id: uuid.UUID, owner_id: uuid.UUID, timeout: float | None = None) -> JobInfo:
