@@ -236,7 +236,9 @@ def test_an_endless_grace_waits_for_term_and_a_later_stop_can_kill(
     patient.start()
     time.sleep(0.2)  # let the endless stop begin; the job ignores its SIGTERM
     assert worker.query(job, owner).status.state is State.RUNNING
-    other = worker.start(Command("sh", ["-c", "trap '' TERM; sleep 1000"]), owner)
+    other = worker.start(Command("sh", ["-c", "trap '' TERM; echo ready; sleep 1000"]), owner)
+    with worker.stream(other, owner) as r:
+        assert r.read(6) == b"ready\n"  # its trap is set
     very_patient = threading.Thread(target=worker.stop, args=(other, owner, 1e12))
     very_patient.start()
     worker.stop(job, owner, grace=0)

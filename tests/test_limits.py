@@ -119,6 +119,21 @@ def test_memory_hog_is_oom_killed_and_reported(cg_worker: Worker, owner: uuid.UU
 
 
 @needs_cgroups
+def test_a_job_whose_child_was_oom_killed_did_not_die_of_oom(
+    cg_worker: Worker, owner: uuid.UUID
+) -> None:
+    # The cgroup's OOM count covers every process: a main process killed afterwards by
+    # another signal is not an OOM kill.
+    hog = f"{PY} -c 'x = bytearray(200 << 20)'"
+    job = cg_worker.start(
+        Command("sh", ["-c", f"{hog}; kill -TERM $$"]), owner, limits=Limits(memory=64 << 20)
+    )
+    info = cg_worker.wait(job, owner, timeout=30)
+    assert info.status == Status.signaled(signal.SIGTERM, oom_killed=False)
+    assert info.usage.oom_kills is not None and info.usage.oom_kills >= 1
+
+
+@needs_cgroups
 def test_fork_bomb_is_capped_by_pids_limit(cg_worker: Worker, owner: uuid.UUID) -> None:
     code = (
         "import os\n"

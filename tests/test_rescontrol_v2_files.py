@@ -12,6 +12,7 @@ the ``none`` implementation, all of which need no real cgroup.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from pathlib import Path
@@ -149,6 +150,23 @@ def test_layout_and_names(rc: FakeKernelV2, root: Path) -> None:
     assert not g.populated()
 
 
+@pytest.mark.parametrize("name", ["caf\u00e9 bar", "not-utf8-\udcff"])
+def test_a_worker_cgroup_named_in_any_bytes_is_found(root: Path, tmp_path: Path, name: str) -> None:
+    # /proc/self/cgroup holds raw bytes: decoded as ASCII they no longer named the
+    # directory, and the worker fell back to no cgroups at all.
+    worker = root / name
+    worker.mkdir()
+    make_cgroup_files(worker)
+    f = tmp_path / "proc_self_cgroup"
+    f.write_bytes(b"0::/" + os.fsencode(name) + b"\n")
+    rc = FakeKernelV2(str(root), str(f))
+    assert rc.worker_cgroup == str(worker)
+    g = rc.create(uuid.uuid4(), Limits())
+    assert Path(g.procs_files[0]).parent.parent.parent == worker
+    g.remove()
+    rc.close()
+
+
 def test_two_instances_in_one_process_get_distinct_parents(root: Path, tmp_path: Path) -> None:
     a = FakeKernelV2(str(root), proc_file(tmp_path, "/"))
     b = FakeKernelV2(str(root), proc_file(tmp_path, "/"))
@@ -275,6 +293,37 @@ def test_stale_parents_are_cleaned_on_first_create(root: Path, tmp_path: Path) -
     assert not old_style.exists()
     assert alive.is_dir()
     assert unrelated.is_dir()
+
+
+def test_a_locked_parent_is_alive_whatever_its_name_says(root: Path, tmp_path: Path) -> None:
+    # A worker in another pid namespace: its pid means nothing here (no such process,
+    # say), but it holds the lock on its parent, so its jobs must be left alone.
+    other = root / "jobworker-99999999-12345-0"
+    for d in (other, other / "job-aa"):
+        d.mkdir()
+        make_cgroup_files(d)
+    fd = os.open(other, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc = FakeKernelV2(str(root), proc_file(tmp_path, "/"))
+        rc.create(uuid.uuid4(), Limits())
+        assert (other / "job-aa").is_dir()
+        rc.close()
+    finally:
+        os.close(fd)
+
+
+def test_a_worker_holds_its_parents_lock_until_closed(root: Path, tmp_path: Path) -> None:
+    rc = FakeKernelV2(str(root), proc_file(tmp_path, "/"))
+    rc.create(uuid.uuid4(), Limits())
+    fd = os.open(rc.parent_cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    rc.close()
+    assert not Path(rc.parent_cgroup).exists()
 
 
 # ---------------------------------------------------------------------------------------

@@ -292,6 +292,8 @@ class Job:
     def _abandon_orphans(self) -> None:
         if self._pipe_open and not self._group.procs_files:
             why = "processes outside its process group (and it has no cgroup) hold its output"
+        elif self._pipe_open and self._group.populated():
+            why = "processes in its cgroup that did not die (stuck in the kernel?) hold its output"
         elif self._pipe_open:
             why = "processes that escaped its cgroup hold its output"
         else:
@@ -339,10 +341,16 @@ class Job:
             self._events_fd = -1
         self._log.close()
         status = self._final_status()
-        try:
-            self._group.remove()
-        except OSError:
-            log.exception("jobworker: job %s: cannot remove its cgroup", self.id)
+        if self._group.populated():
+            # Ended by _abandon_orphans, with processes that did not die (stuck in the
+            # kernel, say): removing the cgroup would retry on this thread, stalling
+            # every job.  The worker's close() removes it.
+            pass
+        else:
+            try:
+                self._group.remove()
+            except OSError:
+                log.exception("jobworker: job %s: cannot remove its cgroup", self.id)
         with self.lock:
             self.status = status
             self.ended_at = time.time()
@@ -358,7 +366,10 @@ class Job:
         if code is None:
             return Status.exited(None)
         if code < 0:
-            return Status.signaled(-code, oom_killed=self._group.oom_killed())
+            # The OOM killer sends SIGKILL; the cgroup's count also covers the job's
+            # other processes, so a main process dead of another signal was not it.
+            oom = -code == signal.SIGKILL and self._group.oom_killed()
+            return Status.signaled(-code, oom_killed=oom)
         return Status.exited(code)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
+import fcntl
 import os
 import threading
 from collections.abc import Sequence
@@ -36,6 +37,32 @@ class CgroupBase(ResourceControl):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.parent_name = new_parent_name()
+        self._held: dict[str, int] = {}  # parent directory -> fd holding its flock
+
+    def make_parent(self, path: str) -> None:
+        """Create this worker's parent cgroup ``path``, and hold a lock on it for the
+        worker's life.
+
+        The lock is what tells other workers this one is alive: the pid in the name
+        means nothing to a worker in another pid namespace (or time namespace), which
+        would otherwise take a live worker's parent for a dead one's and kill its jobs.
+        """
+        with contextlib.suppress(FileExistsError):
+            self._mkdir(path)
+        if path in self._held:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held[path] = fd
+
+    def _release(self, path: str) -> None:
+        fd = self._held.pop(path, None)
+        if fd is not None:
+            os.close(fd)
 
     def _mkdir(self, path: str) -> None:
         os.mkdir(path, 0o755)
@@ -67,16 +94,31 @@ class CgroupBase(ResourceControl):
         except OSError:
             return
         for name in names:
-            if not parent_is_stale(name):
-                continue
             parent = os.path.join(base, name)
-            with contextlib.suppress(OSError):
-                self.remove_parent(parent)
+            # The name's pid and start time first (in this pid namespace): they also
+            # cover the moment between another worker's mkdir and its lock.
+            if parent in self._held or not parent_is_stale(name):
+                continue
+            try:
+                fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # held: its worker is alive, whatever its name says
+            try:
+                with contextlib.suppress(OSError):
+                    self.remove_parent(parent)
+            finally:
+                os.close(fd)
 
     def remove_parent(self, parent: str) -> None:
         """Kill and remove every job cgroup in ``parent``, then ``parent`` itself."""
         self.kill_and_remove_children(parent)
         self.rmdir_tree(parent)
+        self._release(parent)
 
     def kill_and_remove_children(self, parent: str) -> None:
         for child in subdirs(parent):

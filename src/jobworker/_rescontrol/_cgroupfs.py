@@ -85,7 +85,9 @@ def read_text(path: str) -> str:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("ascii", errors="replace")
+    # fsdecode: a cgroup path in /proc/self/cgroup or mountinfo may hold any bytes, and
+    # must map back to the same bytes when it is opened.
+    return os.fsdecode(b"".join(chunks))
 
 
 def read_keyed(path: str) -> dict[str, int]:

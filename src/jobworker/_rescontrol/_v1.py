@@ -259,8 +259,7 @@ class CgroupV1(CgroupBase):
         parent = self._parents.get(h.base)
         if parent is None:
             parent = os.path.join(h.base, self.parent_name)
-            with contextlib.suppress(FileExistsError):
-                self._mkdir(parent)
+            self.make_parent(parent)
             self._parents[h.base] = parent
         return parent
 

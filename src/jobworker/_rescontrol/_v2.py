@@ -176,8 +176,7 @@ class CgroupV2(CgroupBase):
         if self._parent_made:
             return
         self.clean_stale(self.worker_cgroup)
-        with contextlib.suppress(FileExistsError):
-            self._mkdir(self.parent_cgroup)
+        self.make_parent(self.parent_cgroup)
         self._parent_made = True
         self._parent_enabled = set()
 
