@@ -158,8 +158,8 @@ class CgroupV2(CgroupBase):
             raise LimitError(
                 f"cannot enable the cgroup v2 controller(s) {names} for jobs, because the "
                 f"worker's own cgroup {w} holds processes and cgroup v2 forbids "
-                f"controllers in a cgroup with processes (run the worker in a cgroup "
-                f"whose subtree_control already enables them)"
+                f"controllers in a cgroup with processes, except at the root; jobs run "
+                f"without limits here"
             )
         # Memory accounting gives usage() its peak; take it when it is free to enable.
         useful = set()
