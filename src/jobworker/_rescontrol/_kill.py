@@ -82,13 +82,30 @@ def wait_empty(path: str, timeout: float = KILL_WAIT_TIMEOUT) -> bool:
 
 def signal_members(path: str) -> int:
     """SIGKILL every process listed in ``path``'s cgroup.procs; return how many."""
+    procs = os.path.join(path, "cgroup.procs")
     try:
-        pids = read_pids(os.path.join(path, "cgroup.procs"))
+        pids = read_pids(procs)
     except FileNotFoundError:
         return 0
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    # A listed process may exit, be reaped and have its pid reused by an unrelated
+    # process before the signal: pin each pid with a pidfd, then signal only those the
+    # cgroup still lists (a pid names one process at a time).
+    pinned: dict[int, int] = {}
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                pinned[pid] = os.pidfd_open(pid)
+        try:
+            still = set(read_pids(procs))
+        except FileNotFoundError:
+            still = set()
+        for pid, fd in pinned.items():
+            if pid in still:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        for fd in pinned.values():
+            os.close(fd)
     return len(pids)
 
 
