@@ -36,6 +36,7 @@ import errno
 import fcntl
 import os
 import re
+import threading
 from pathlib import Path
 
 __all__ = ["LogFile", "LogWriteError", "OutputPipe", "log_base"]
@@ -118,6 +119,7 @@ class OutputPipe:
             raise
         self.read_fd, self.write_fd = r, w
         self._grown = False
+        self._closing = threading.Lock()
 
     def _grow(self) -> None:
         # A larger pipe lets a burst of small writes go without waking the worker per
@@ -129,16 +131,21 @@ class OutputPipe:
         with contextlib.suppress(OSError):
             fcntl.fcntl(self.read_fd, _F_SETPIPE_SZ, PIPE_SIZE)
 
+    # The starting thread closes the write end while the reactor may close the whole
+    # pipe (the EOF that close causes): under a lock, so that no number is closed twice
+    # (the second time, perhaps, someone else's file).
     def close_write(self) -> None:
-        if self.write_fd >= 0:
-            os.close(self.write_fd)
-            self.write_fd = -1
+        with self._closing:
+            if self.write_fd >= 0:
+                os.close(self.write_fd)
+                self.write_fd = -1
 
     def close(self) -> None:
-        self.close_write()
-        if self.read_fd >= 0:
-            os.close(self.read_fd)
-            self.read_fd = -1
+        with self._closing:
+            for fd in (self.write_fd, self.read_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self.write_fd = self.read_fd = -1
 
     def copy_once(self, log_fd: int | None, buffer: bytearray) -> tuple[int, bool]:
         """One read of what the pipe holds, into the log: (bytes moved, writers all gone).

@@ -104,6 +104,11 @@ class Job:
             # The pipe first: the exit handler reads it once armed (see _on_exit).
             self._reactor.add_pipe(self._pipe_source)
             self._reactor.register(self._process.pidfd, select.EPOLLIN, self._on_exit)
+            # Only now the worker's own write end goes: until here it kept the pipe
+            # from reaching EOF, so the reactor could not close the read end (and free
+            # its number) while this thread was still arming it.  If the job's writers
+            # are all gone, this close is the last one, and signals so.
+            self._pipe.close_write()
         except BaseException:
             # On the reactor thread, which may already be copying from the pipe.
             done = threading.Event()

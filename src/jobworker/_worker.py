@@ -160,7 +160,6 @@ class Worker:
                 self._log_dir_fd,
             )
             logfile = LogFile(log_fd, self.log_dir, self._log_dir_fd, log_name)
-            pipe.close_write()
         except BaseException as e:
             if process is not None:
                 # Started but not set up: take it down before saying so.
