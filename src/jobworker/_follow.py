@@ -44,6 +44,9 @@ def _open_log(job: Job) -> int:
 class _ReaderBase:
     def __init__(self, job: Job) -> None:
         self._job = job
+        # Held around each pread and the close: a reader closed from another thread
+        # must not have its fd number reused by someone else's file mid-read.
+        self._io = threading.Lock()
         self._fd = _open_log(job)
         self._pos = 0
 
@@ -53,14 +56,15 @@ class _ReaderBase:
 
     def _read_now(self, size: int) -> bytes | None:
         """Bytes available now; b"" at the real end; None if the caller must wait."""
-        if self._fd < 0:
-            raise ValueError("I/O operation on closed reader")
         # Look at the count before reading, so bytes counted are bytes readable.
         ended = self._job.ended.is_set()
         available = self._job.written - self._pos
-        if available <= 0:
-            return b"" if ended else None
-        data = os.pread(self._fd, min(size, available), self._pos)
+        with self._io:
+            if self._fd < 0:
+                raise ValueError("I/O operation on closed reader")
+            if available <= 0:
+                return b"" if ended else None
+            data = os.pread(self._fd, min(size, available), self._pos)
         if not data:
             # The worker wrote those bytes: someone cut the file short.  b"" would say
             # "the end", which it is not.
@@ -69,9 +73,10 @@ class _ReaderBase:
         return data
 
     def _release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._io:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class LogReader(_ReaderBase):
