@@ -48,9 +48,9 @@ def test_sendfile_and_splice_into_the_pipe(worker: Worker, owner: uuid.UUID) -> 
     assert run_python(worker, owner, code) == bytes(range(256)) * (BIG // 256) * 2
 
 
-def test_a_pipe_is_enlarged_only_once_full(worker: Worker, owner: uuid.UUID) -> None:
-    # Quiet jobs keep the kernel's default pipe; one that fills it gets the large pipe
-    # that capture speed depends on.
+def test_a_pipe_is_enlarged_only_for_bulk_output(worker: Worker, owner: uuid.UUID) -> None:
+    # Quiet jobs keep the kernel's default pipe; one that writes in bulk gets the large
+    # pipe that capture speed depends on.
     def pipe_size(job: uuid.UUID) -> int:
         return fcntl.fcntl(worker._jobs[job]._pipe.read_fd, fcntl.F_GETPIPE_SZ)
 
