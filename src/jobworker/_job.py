@@ -316,7 +316,10 @@ class Job:
                 if not self._on_output():
                     break
             self._close_pipe()
-        self._finish()
+        # Processes that did not die (stuck in the kernel, say) keep the cgroup busy:
+        # removing it would retry on this thread, stalling every job.  The worker's
+        # close() removes it.
+        self._finish(remove_group=not self._group.populated())
 
     def _close_pipe(self) -> None:
         if self._pipe_open:
@@ -335,7 +338,7 @@ class Job:
             return
         self._finish()
 
-    def _finish(self) -> None:
+    def _finish(self, remove_group: bool = True) -> None:
         if self.ended.is_set():
             return
         if self._orphan_timer is not None:
@@ -346,12 +349,7 @@ class Job:
             self._events_fd = -1
         self._log.close()
         status = self._final_status()
-        if self._group.populated():
-            # Ended by _abandon_orphans, with processes that did not die (stuck in the
-            # kernel, say): removing the cgroup would retry on this thread, stalling
-            # every job.  The worker's close() removes it.
-            pass
-        else:
+        if remove_group:
             try:
                 self._group.remove()
             except OSError:
