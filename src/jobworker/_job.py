@@ -127,9 +127,7 @@ class Job:
         self._reactor.remove_pipe(self._pipe_source)
         self._reactor.unregister(self._process.pidfd)
         self._kill_everything()
-        with contextlib.suppress(ChildProcessError):
-            os.waitid(os.P_PIDFD, self._process.pidfd, os.WEXITED)
-        self._process.forget()
+        self._process.reap_killed()
         self._pipe.close()
         self._log.discard()
         try:

@@ -9,6 +9,7 @@ because the group id cannot be reused while its leader is still a zombie.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -139,6 +140,13 @@ class Process:
         if result.si_code == os.CLD_EXITED:
             return result.si_status
         return -result.si_status  # CLD_KILLED or CLD_DUMPED: the signal number
+
+    def reap_killed(self) -> None:
+        """Wait for the process, just sent SIGKILL, to die, and reap it; its status is of
+        no interest (a start being undone)."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED)
+        self.forget()
 
     def forget(self) -> None:
         """The process was reaped by someone else: its exit status is lost, and its pid

@@ -166,9 +166,8 @@ class Worker:
                 process.send(signal.SIGKILL, group=True)
                 if group is not None:
                     group.kill()
-                os.waitid(os.P_PIDFD, process.pidfd, os.WEXITED)
-                os.close(process.pidfd)
-            if logfile is not None:
+                process.reap_killed()
+            if logfile is not None:  # (only an interrupt lands after its creation)
                 logfile.discard()
             if pipe is not None:
                 pipe.close()
