@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from ._follow import AsyncLogReader, _resolve, call_soon_threadsafe
+from ._follow import AsyncLogReader, resolve_soon
 from ._job import Job
 from ._model import Command, JobInfo, Limits
 from ._worker import Worker, _check_grace
@@ -25,7 +25,7 @@ async def _ended(job: Job) -> None:
     ended: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:  # on the reactor thread
-        call_soon_threadsafe(loop, _resolve, ended)
+        resolve_soon(loop, ended)
 
     job.when_ended(wake)
     try:

@@ -17,13 +17,13 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 
 from ._errors import LogUnavailable
 from ._job import Job
 
-__all__ = ["AsyncLogReader", "LogReader", "call_soon_threadsafe"]
+__all__ = ["AsyncLogReader", "LogReader", "resolve_soon"]
 
 CHUNK = 1 << 16
 
@@ -133,7 +133,7 @@ class AsyncLogReader(_ReaderBase):
         # Called on the reactor thread.
         fut = self._future
         if fut is not None:
-            call_soon_threadsafe(self._loop, _resolve, fut)
+            resolve_soon(self._loop, fut)
 
     async def read(self, size: int = CHUNK) -> bytes:
         """Up to ``size`` bytes as soon as there are any; b"" only at the end."""
@@ -182,11 +182,8 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def call_soon_threadsafe(
-    loop: asyncio.AbstractEventLoop,
-    fn: Callable[[asyncio.Future[None]], None],
-    fut: asyncio.Future[None],
-) -> None:
-    """From the reactor thread: a loop closed meanwhile has no one left to wake."""
+def resolve_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
+    """From the reactor thread, resolve ``fut`` on ``loop``; a loop closed meanwhile has
+    no one left to wake."""
     with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(fn, fut)
+        loop.call_soon_threadsafe(_resolve, fut)
