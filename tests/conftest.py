@@ -6,8 +6,10 @@ machine offers (cgroups when root) and with none (process groups only).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import subprocess
 import sys
 import threading
 import uuid
@@ -19,6 +21,20 @@ import pytest
 from jobworker import Command, NoCgroups, ResourceControl, Status, Worker, detect
 
 PY = sys.executable
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``path`` (made here) with ``options`` (size, nr_inodes), for
+    filling up; skips the test unless root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
 
 
 def run_python(worker: Worker, owner: uuid.UUID, code: str) -> bytes:

@@ -7,7 +7,6 @@ import logging
 import os
 import select
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -30,7 +29,7 @@ from jobworker import (
     WorkerClosed,
 )
 
-from conftest import dies, live_children
+from conftest import dies, live_children, small_tmpfs
 
 
 def wait_end(worker: Worker, job: uuid.UUID, owner: uuid.UUID) -> Status:
@@ -84,16 +83,9 @@ def test_bad_commands_raise_and_leave_nothing(
 def test_no_room_for_a_log_means_the_command_never_runs(
     tmp_path: Path, owner: uuid.UUID, control: ResourceControl
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs with no free inode needs root")
-    full = tmp_path / "full"
-    full.mkdir()
-    # One inode: the root directory's.  Creating any file fails with ENOSPC.
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=1", "tmpfs", str(full)], check=True
-    )
     marker = tmp_path / "ran"
-    try:
+    # One inode: the root directory's.  Creating any file fails with ENOSPC.
+    with small_tmpfs(tmp_path / "full", "size=1m,nr_inodes=1") as full:
         with Worker(full, resource_control=control) as w:
             with pytest.raises(StartError, match=f"cannot create a log in {full}: No space"):
                 w.start(Command("touch", [str(marker)]), owner)
@@ -101,8 +93,6 @@ def test_no_room_for_a_log_means_the_command_never_runs(
         assert not marker.exists()
         assert list(full.iterdir()) == []
         assert live_children() == []
-    finally:
-        subprocess.run(["umount", str(full)], check=True)
 
 
 def test_name_with_dotdot_and_slashes_keeps_log_in_log_dir(

@@ -15,7 +15,7 @@ import pytest
 
 from jobworker import AsyncWorker, Command, ResourceControl, Status, Worker, _spawn
 
-from conftest import PY, run_python
+from conftest import PY, run_python, small_tmpfs
 
 
 def test_interleaved_stdout_and_stderr_in_write_order(worker: Worker, owner: uuid.UUID) -> None:
@@ -231,22 +231,17 @@ def test_sigpipe_is_default_in_the_job(worker: Worker, owner: uuid.UUID) -> None
 def test_full_disk_keeps_what_fit_and_never_blocks_the_job(
     tmp_path: Path, owner: uuid.UUID, control: ResourceControl
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
-    try:
-        with Worker(small, resource_control=control) as w:
-            # 4 MiB into a 1 MiB filesystem: the job must still run to its end.
-            code = "import os\nfor _ in range(64): os.write(1, b'x' * 65536)\nprint('done')"
-            job = w.start(Command(PY, ["-c", code]), owner)
-            with w.stream(job, owner) as r:
-                data = r.read()
-            info = w.wait(job, owner, timeout=30)
-            assert info.status == Status.exited(0)
-            logged = info.log_path.read_bytes()
-            assert data == logged  # readers get exactly what the log holds
-            assert 0 < len(logged) <= 1 << 20 and set(logged) == {ord("x")}
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
+    with (
+        small_tmpfs(tmp_path / "small", "size=1m") as small,
+        Worker(small, resource_control=control) as w,
+    ):
+        # 4 MiB into a 1 MiB filesystem: the job must still run to its end.
+        code = "import os\nfor _ in range(64): os.write(1, b'x' * 65536)\nprint('done')"
+        job = w.start(Command(PY, ["-c", code]), owner)
+        with w.stream(job, owner) as r:
+            data = r.read()
+        info = w.wait(job, owner, timeout=30)
+        assert info.status == Status.exited(0)
+        logged = info.log_path.read_bytes()
+        assert data == logged  # readers get exactly what the log holds
+        assert 0 < len(logged) <= 1 << 20 and set(logged) == {ord("x")}
