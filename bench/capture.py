@@ -80,16 +80,21 @@ def run_worker(w: Worker, argv: list[str], total: int, *, read: bool) -> float:
     return elapsed
 
 
-def run_redirect(argv: list[str], out: Path, total: int) -> float:
-    t0 = time.perf_counter()
-    with open(out, "wb") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=f)
+def _finish(p: subprocess.Popen[bytes], t0: float, out: Path, total: int) -> float:
+    """Wait for a baseline's writer; the time since ``t0``, once its log checks out."""
     rc = p.wait()
     elapsed = time.perf_counter() - t0
     assert rc == 0
     check_log(out, total)
     out.unlink()
     return elapsed
+
+
+def run_redirect(argv: list[str], out: Path, total: int) -> float:
+    t0 = time.perf_counter()
+    with open(out, "wb") as f:
+        p = subprocess.Popen(argv, stdout=f, stderr=f)
+    return _finish(p, t0, out, total)
 
 
 def run_py_copy(argv: list[str], out: Path, total: int) -> float:
@@ -104,12 +109,7 @@ def run_py_copy(argv: list[str], out: Path, total: int) -> float:
     finally:
         os.close(dst)
         p.stdout.close()
-    rc = p.wait()
-    elapsed = time.perf_counter() - t0
-    assert rc == 0
-    check_log(out, total)
-    out.unlink()
-    return elapsed
+    return _finish(p, t0, out, total)
 
 
 # ---------------------------------------------------------------------------------------

@@ -54,15 +54,19 @@ def run_worker(w: Worker, n: int, limits: Limits | None) -> tuple[float, float]:
     return t_start, t_all
 
 
-def run_popen(n: int) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    procs = [subprocess.Popen([TRUE]) for _ in range(n)]
+def _wait_all(procs: list[subprocess.Popen[bytes]], t0: float) -> tuple[float, float]:
+    """(start loop time, start + wait time) for ``procs``, all started since ``t0``."""
     t_start = time.perf_counter() - t0
     for p in procs:
         p.wait()
     t_all = time.perf_counter() - t0
     assert all(p.returncode == 0 for p in procs)
     return t_start, t_all
+
+
+def run_popen(n: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    return _wait_all([subprocess.Popen([TRUE]) for _ in range(n)], t0)
 
 
 def run_popen_file(n: int, directory: Path) -> tuple[float, float]:
@@ -76,12 +80,7 @@ def run_popen_file(n: int, directory: Path) -> tuple[float, float]:
         )
         procs.append(subprocess.Popen([TRUE], stdout=fd, stderr=fd))
         os.close(fd)
-    t_start = time.perf_counter() - t0
-    for p in procs:
-        p.wait()
-    t_all = time.perf_counter() - t0
-    assert all(p.returncode == 0 for p in procs)
-    return t_start, t_all
+    return _wait_all(procs, t0)
 
 
 def usable_limits(rc: ResourceControl) -> tuple[Limits | None, str]:
