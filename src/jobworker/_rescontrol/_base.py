@@ -49,15 +49,8 @@ class CgroupBase(ResourceControl):
         """
         with contextlib.suppress(FileExistsError):
             self._mkdir(path)
-        if path in self._held:
-            return
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._held[path] = fd
+        if path not in self._held:
+            self._held[path] = _lock_dir(path)
 
     def _release(self, path: str) -> None:
         fd = self._held.pop(path, None)
@@ -100,14 +93,9 @@ class CgroupBase(ResourceControl):
             if parent in self._held or not parent_is_stale(name):
                 continue
             try:
-                fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = _lock_dir(parent)
             except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue  # held: its worker is alive, whatever its name says
+                continue  # held: its worker is alive, whatever its name says (or gone)
             try:
                 with contextlib.suppress(OSError):
                     self.remove_parent(parent)
@@ -125,6 +113,18 @@ class CgroupBase(ResourceControl):
             kill_cgroup(child)
             wait_empty(child)
             self.rmdir_tree(child)
+
+
+def _lock_dir(path: str) -> int:
+    """An fd of the directory ``path`` holding its exclusive flock; raises
+    BlockingIOError if another holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class CgroupJobGroup(JobGroup):
