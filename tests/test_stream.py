@@ -52,6 +52,30 @@ def test_late_reader_after_end_gets_everything(worker: Worker, owner: uuid.UUID)
     assert first == b"".join(b"%d\n" % i for i in range(1, 10001))
 
 
+def test_reader_from_an_offset_resumes_exactly_there(
+    worker: Worker, owner: uuid.UUID, fifo: str
+) -> None:
+    job = worker.start(Command(PY, ["-c", STEP, fifo]), owner)
+    with open(fifo, "wb", buffering=0) as steps:
+        steps.write(b"a")
+        with worker.stream(job, owner) as r:
+            assert r.read(100) == b"line a\n"
+        # Past the end of a running job's output: waits until the output gets there.
+        with worker.stream(job, owner, offset=12) as r:
+            steps.write(b"b")
+            assert r.read(100) == b"b\n"
+            assert r.offset == 14
+        steps.write(b"q")
+    worker.wait(job, owner, timeout=10)
+    with worker.stream(job, owner, offset=3) as r:
+        assert r.read() == b"e a\nline b\n"
+    with worker.stream(job, owner, offset=1000) as r:
+        assert r.read() == b""
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="offset"):
+            worker.stream(job, owner, offset=bad)  # type: ignore[arg-type]
+
+
 def test_concurrent_readers_joining_at_different_times_get_identical_output(
     worker: Worker, owner: uuid.UUID, fifo: str
 ) -> None:

@@ -66,9 +66,10 @@ class AsyncWorker:
     async def list(self, owner_id: uuid.UUID) -> list[JobInfo]:
         return self.worker.list(owner_id)
 
-    def stream(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> AsyncLogReader:
-        """An async reader of the job's output (call from a running event loop)."""
-        return self.worker._stream_async(job_id, owner_id)
+    def stream(self, job_id: uuid.UUID, owner_id: uuid.UUID, offset: int = 0) -> AsyncLogReader:
+        """An async reader of the job's output from byte ``offset`` (call from a running
+        event loop)."""
+        return self.worker._stream_async(job_id, owner_id, offset)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.worker.close)

@@ -42,17 +42,25 @@ def _open_log(job: Job) -> int:
 
 
 class _ReaderBase:
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, offset: int = 0) -> None:
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an integer >= 0, not {offset!r}")
         self._job = job
         # Held around each pread and the close: a reader closed from another thread
         # must not have its fd number reused by someone else's file mid-read.
         self._io = threading.Lock()
         self._fd = _open_log(job)
-        self._pos = 0
+        # Past the end of a running job's output, the reader waits for it to get there.
+        self._pos = offset
 
     @property
     def closed(self) -> bool:
         return self._fd < 0
+
+    @property
+    def offset(self) -> int:
+        """The offset of the next byte this reader returns."""
+        return self._pos
 
     def _read_now(self, size: int) -> bytes | None:
         """Bytes available now; b"" at the real end; None if the caller must wait."""
@@ -80,10 +88,10 @@ class _ReaderBase:
 
 
 class LogReader(_ReaderBase):
-    """A blocking, binary reader of a job's output from its first byte."""
+    """A blocking, binary reader of a job's output from byte ``offset`` (0: the first)."""
 
-    def __init__(self, job: Job) -> None:
-        super().__init__(job)
+    def __init__(self, job: Job, offset: int = 0) -> None:
+        super().__init__(job, offset)
         self._wake = threading.Event()
 
     def read(self, size: int = -1) -> bytes:
@@ -123,11 +131,11 @@ class LogReader(_ReaderBase):
 class AsyncLogReader(_ReaderBase):
     """The asyncio face of ``LogReader``: ``await read()`` and ``async for chunk in``."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, offset: int = 0) -> None:
         # The loop first: without one, no fd may have been opened.
         self._loop = asyncio.get_running_loop()
         self._future: asyncio.Future[None] | None = None
-        super().__init__(job)
+        super().__init__(job, offset)
 
     def _wake(self) -> None:
         # Called on the reactor thread.

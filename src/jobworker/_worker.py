@@ -204,9 +204,10 @@ class Worker:
     def query(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> JobInfo:
         return self._get(job_id, owner_id).info()
 
-    def stream(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> LogReader:
-        """A reader of the job's output from its first byte, following it live."""
-        return LogReader(self._get(job_id, owner_id))
+    def stream(self, job_id: uuid.UUID, owner_id: uuid.UUID, offset: int = 0) -> LogReader:
+        """A reader of the job's output from byte ``offset`` (0: the first), following it
+        live until the job has ended and every byte is read."""
+        return LogReader(self._get(job_id, owner_id), offset)
 
     def list(self, owner_id: uuid.UUID) -> list[JobInfo]:
         with self._lock:
@@ -223,8 +224,10 @@ class Worker:
             raise JobNotFound(job_id)
         return job
 
-    def _stream_async(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> AsyncLogReader:
-        return AsyncLogReader(self._get(job_id, owner_id))
+    def _stream_async(
+        self, job_id: uuid.UUID, owner_id: uuid.UUID, offset: int = 0
+    ) -> AsyncLogReader:
+        return AsyncLogReader(self._get(job_id, owner_id), offset)
 
     # -- lifetime --------------------------------------------------------------------------
 
