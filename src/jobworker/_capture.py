@@ -39,6 +39,8 @@ import re
 import threading
 from pathlib import Path
 
+from ._fds import new_pipe
+
 __all__ = ["LogFile", "LogWriteError", "OutputPipe", "log_base"]
 
 PIPE_SIZE = 1 << 20
@@ -94,32 +96,11 @@ class LogWriteError(OSError):
         self.moved = moved
 
 
-def _above_stdio(fd: int) -> int:
-    """``fd``, moved above 2 if a host that closed its stdin/stdout/stderr got it there:
-    the job's child puts its own stdin/stdout/stderr in those places."""
-    if fd > 2:
-        return fd
-    try:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    finally:
-        os.close(fd)
-
-
 class OutputPipe:
     """The pipe both of a job's output streams write into."""
 
     def __init__(self) -> None:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        try:
-            r = _above_stdio(r)
-        except BaseException:
-            os.close(w)
-            raise
-        try:
-            w = _above_stdio(w)
-        except BaseException:
-            os.close(r)
-            raise
+        r, w = new_pipe(os.O_CLOEXEC)
         self.read_fd, self.write_fd = r, w
         self._grown = False
         self._closing = threading.Lock()

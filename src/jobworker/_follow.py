@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 
 from ._errors import LogUnavailable
+from ._fds import above_stdio
 from ._job import Job
 
 __all__ = ["AsyncLogReader", "LogReader", "resolve_soon"]
@@ -30,7 +31,7 @@ CHUNK = 1 << 16
 
 def _open_log(job: Job) -> int:
     try:
-        fd = os.open(job.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = above_stdio(os.open(job.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
     except OSError as e:
         raise LogUnavailable(f"log of job {job.id} is unavailable: {e.strerror}") from None
     st = os.fstat(fd)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from ._capture import LogFile, LogWriteError, OutputPipe
 from ._errors import JobNotRunning
+from ._fds import above_stdio
 from ._model import Command, JobInfo, Limits, Status, StopType
 from ._pipewatch import PipeSource
 from ._process import Process
@@ -282,7 +283,9 @@ class Job:
             return False
         if self._events_fd < 0 and self._group.events_file is not None:
             # Reading the file arms it: the next change makes it EPOLLPRI-ready.
-            self._events_fd = os.open(self._group.events_file, os.O_RDONLY | os.O_CLOEXEC)
+            self._events_fd = above_stdio(
+                os.open(self._group.events_file, os.O_RDONLY | os.O_CLOEXEC)
+            )
             os.read(self._events_fd, 4096)
             self._reactor.register(self._events_fd, select.EPOLLPRI, self._on_group_event)
         return self._group.populated()

@@ -49,6 +49,7 @@ import threading
 from collections.abc import Callable
 
 from . import _signalfd
+from ._fds import above_stdio, new_pipe
 
 __all__ = ["SIGNAL", "PipeSource", "PipeWatcher"]
 
@@ -92,8 +93,10 @@ class PipeWatcher:
     def __init__(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {SIGNAL, signal.SIGIO})
         self._owner = struct.pack("ii", _F_OWNER_TID, threading.get_native_id())
-        self.fd = _signalfd.signalfd(
-            [SIGNAL, signal.SIGIO], _signalfd.SFD_NONBLOCK | _signalfd.SFD_CLOEXEC
+        self.fd = above_stdio(
+            _signalfd.signalfd(
+                [SIGNAL, signal.SIGIO], _signalfd.SFD_NONBLOCK | _signalfd.SFD_CLOEXEC
+            )
         )
         self._armed: dict[int, PipeSource] = {}  # by fd
         self.overflows = 0  # times the signal queue overflowed (SIGIO came instead)
@@ -106,7 +109,7 @@ class PipeWatcher:
     def _check(self) -> None:
         """Refuse a kernel (or sandbox) where an armed pipe's write sends nothing: jobs
         would hang silently."""
-        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        r, w = new_pipe(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             source = PipeSource(r, lambda: 0)
             self.add(source)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._fds import above_stdio, new_epoll
 from ._pipewatch import PipeSource, PipeWatcher
 
 __all__ = ["Reactor", "Timer"]
@@ -59,8 +60,8 @@ class Timer:
 
 class Reactor:
     def __init__(self, name: str = "jobworker-reactor") -> None:
-        self._epoll = select.epoll()
-        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll = new_epoll()
+        self._wake_fd = above_stdio(os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK))
         self._epoll.register(self._wake_fd, select.EPOLLIN)
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._ready: collections.deque[Callback] = collections.deque()

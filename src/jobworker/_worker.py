@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ._capture import LogFile, OutputPipe
 from ._errors import JobNotFound, StartError, WorkerClosed
+from ._fds import above_stdio
 from ._follow import AsyncLogReader, LogReader
 from ._job import Job
 from ._model import Command, JobInfo, Limits
@@ -80,7 +81,9 @@ class Worker:
         _raise_fd_limit()
         # Logs are created relative to this descriptor, so the directory cannot be
         # swapped for another (or a symlink) between one job and the next.
-        self._log_dir_fd = os.open(self.log_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._log_dir_fd = above_stdio(
+            os.open(self.log_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        )
         try:
             self.resource_control = resource_control if resource_control is not None else detect()
             try:

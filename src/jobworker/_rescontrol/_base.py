@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Sequence
 
+from .._fds import above_stdio
 from .._model import Usage
 from . import JobGroup, ResourceControl
 from ._cgroupfs import new_parent_name, parent_is_stale, rmdir_retry, subdirs
@@ -118,7 +119,7 @@ class CgroupBase(ResourceControl):
 def _lock_dir(path: str) -> int:
     """An fd of the directory ``path`` holding its exclusive flock; raises
     BlockingIOError if another holds it."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = above_stdio(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BaseException:

@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._fds import above_stdio
+
 __all__ = [
     "JOB_PREFIX",
     "PARENT_PREFIX",
@@ -68,7 +70,7 @@ def write_file(path: str, data: str) -> None:
     is what a shell's ``>`` passes too; kernfs ignores it, and it keeps a regular file
     (the temp-dir layout of the tests) holding exactly the last value written.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    fd = above_stdio(os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC))
     try:
         os.write(fd, data.encode())
     finally:
@@ -78,7 +80,7 @@ def write_file(path: str, data: str) -> None:
 def read_text(path: str) -> str:
     # Raw reads: these files are small, and the end of every job reads several of them
     # on the reactor thread, where the text-I/O stack's cost per open adds up.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = above_stdio(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     try:
         chunks = []
         while chunk := os.read(fd, 65536):

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from .._fds import above_stdio
 from ._cgroupfs import populated_from_events, read_pids, read_text, write_file
 
 __all__ = [
@@ -59,7 +60,7 @@ def wait_empty(path: str, timeout: float = KILL_WAIT_TIMEOUT) -> bool:
         return wait_until(empty, timeout)
     deadline = time.monotonic() + timeout
     try:
-        fd = os.open(events, os.O_RDONLY | os.O_CLOEXEC)
+        fd = above_stdio(os.open(events, os.O_RDONLY | os.O_CLOEXEC))
     except FileNotFoundError:
         return True
     try:
@@ -94,7 +95,7 @@ def signal_members(path: str) -> int:
     try:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                pinned[pid] = os.pidfd_open(pid)
+                pinned[pid] = above_stdio(os.pidfd_open(pid))
         try:
             still = set(read_pids(procs))
         except FileNotFoundError:
