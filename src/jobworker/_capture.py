@@ -96,11 +96,41 @@ class LogWriteError(OSError):
         self.moved = moved
 
 
+# The write ends the worker holds while their jobs start (from the pipe's creation until
+# ``close_write``).  A plain fork() in another thread of the host (multiprocessing's
+# default start method) copies them into a process that would keep them open, and the
+# job's output would reach EOF only when that unrelated process exits: the copy closes
+# them at once.  ``os.fork`` takes the lock for the fork itself, so the set is exactly
+# what the forked process holds (no start is between creating a pipe and listing it).
+# (Those that ``_spawn`` holds in its slot are its own business: see after_fork_child.)
+# Reentrant: a signal handler that forks may interrupt this thread while it holds it.
+_starting_write_ends: set[int] = set()
+_fork_lock = threading.RLock()
+
+
+def _close_starting_write_ends() -> None:
+    # In the new child, where the thread that forked is the only one, holding the lock.
+    for fd in _starting_write_ends:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _starting_write_ends.clear()
+    _fork_lock.release()
+
+
+os.register_at_fork(
+    before=_fork_lock.acquire,
+    after_in_parent=_fork_lock.release,
+    after_in_child=_close_starting_write_ends,
+)
+
+
 class OutputPipe:
     """The pipe both of a job's output streams write into."""
 
     def __init__(self) -> None:
-        r, w = new_pipe(os.O_CLOEXEC)
+        with _fork_lock:
+            r, w = new_pipe(os.O_CLOEXEC)
+            _starting_write_ends.add(w)
         self.read_fd, self.write_fd = r, w
         self._grown = False
         self._closing = threading.Lock()
@@ -120,16 +150,23 @@ class OutputPipe:
     # (the second time, perhaps, someone else's file).
     def close_write(self) -> None:
         with self._closing:
-            if self.write_fd >= 0:
-                os.close(self.write_fd)
-                self.write_fd = -1
+            self._close_write()
 
     def close(self) -> None:
         with self._closing:
-            for fd in (self.write_fd, self.read_fd):
-                if fd >= 0:
-                    os.close(fd)
-            self.write_fd = self.read_fd = -1
+            self._close_write()
+            if self.read_fd >= 0:
+                os.close(self.read_fd)
+                self.read_fd = -1
+
+    def _close_write(self) -> None:
+        if self.write_fd >= 0:
+            # Under the fork lock: a fork must not see the number listed once it is
+            # closed (and perhaps reused by someone else), nor closed while listed.
+            with _fork_lock:
+                _starting_write_ends.discard(self.write_fd)
+                os.close(self.write_fd)
+            self.write_fd = -1
 
     def copy_once(self, log_fd: int | None, buffer: bytearray) -> tuple[int, bool]:
         """One read of what the pipe holds, into the log: (bytes moved, writers all gone).
