@@ -12,13 +12,24 @@ import select
 import subprocess
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from jobworker import Command, NoCgroups, ResourceControl, Status, Worker, detect
+from jobworker import (
+    Command,
+    JobGroup,
+    Limits,
+    NoCgroups,
+    ResourceControl,
+    Status,
+    Usage,
+    Worker,
+    detect,
+)
 
 PY = sys.executable
 
@@ -114,3 +125,66 @@ def worker(log_dir: Path, control: ResourceControl) -> Iterator[Worker]:
 @pytest.fixture
 def owner() -> uuid.UUID:
     return uuid.uuid4()
+
+
+class FileGroup(JobGroup):
+    """A job "group" that is one file: the job's child writes "0" into it as it would
+    into a cgroup.procs file, and nothing else happens."""
+
+    def __init__(self, procs: str) -> None:
+        self._procs = procs
+
+    @property
+    def procs_files(self) -> Sequence[str]:
+        return (self._procs,)
+
+    @property
+    def events_file(self) -> str | None:
+        return None
+
+    def populated(self) -> bool:
+        return False
+
+    def kill(self) -> None:
+        pass
+
+    def usage(self) -> Usage:
+        return Usage()
+
+    def oom_killed(self) -> bool:
+        return False
+
+    def remove(self) -> None:
+        pass
+
+
+class FileGroups(ResourceControl):
+    """Resource control that has every job's child "join" the file ``procs`` (a FIFO
+    holds the child there, while the starting thread sleeps in clone, until the test
+    opens the FIFO's other end); no cgroups, no limits."""
+
+    name = "file"
+    contains = False
+    reason = "jobs join a file, for a test"
+
+    def __init__(self, procs: str) -> None:
+        self.procs = procs
+
+    def validate(self, limits: Limits) -> None:
+        pass
+
+    def create(self, job_id: uuid.UUID, limits: Limits) -> JobGroup:
+        return FileGroup(self.procs)
+
+    def close(self) -> None:
+        pass
+
+
+def wait_for_child(timeout: float = 10.0) -> int:
+    """The pid of this process's only child, once it has one (a job's child, blocked)."""
+    deadline = time.monotonic() + timeout
+    while not (kids := live_children()):
+        assert time.monotonic() < deadline, "no child appeared"
+        time.sleep(0.005)
+    assert len(kids) == 1, kids
+    return kids[0]

@@ -25,8 +25,10 @@ alternatives:
 The log is created by the job's child process itself, between clone and exec
 (``_spawn``), as ``{name}_{pid}.log`` with ``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600,
 relative to the log directory's fd: a stale log, a pid-reuse leftover or a hostile
-symlink at that path makes it take ``{name}_{pid}.1.log`` and so on instead, and a log
-that cannot be created means the program never runs.
+symlink at that path makes it take ``{name}_{pid}.1.log`` ... ``.9.log`` instead, then
+names with 64 random bits (``{name}_{pid}.{16 hex digits}.log``) for as long as it
+takes, so that names planted in a shared directory cannot block a start; and a log that
+cannot be created means the program never runs.
 """
 
 from __future__ import annotations

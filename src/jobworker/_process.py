@@ -97,13 +97,24 @@ class Process:
         cgroup_procs: Sequence[str],
         log_dir: Path,
         log_dir_fd: int,
+        nofile: int = -1,
     ) -> tuple[Process, int, str]:
         """Start the process, and create its log in ``log_dir`` (``log_dir_fd``).
 
-        Returns the process, the log's fd and the log's name.
+        ``nofile``: the soft ``RLIMIT_NOFILE`` it gets (-1: the worker's).  Returns the
+        process, the log's fd and the log's name.
         """
         pid, pidfd, log_fd, log_name, stage, err = _spawn.spawn(
-            paths, argv, envp, command.cwd, out_fd, cgroup_procs, log_dir_fd, log_base(command.name)
+            paths,
+            argv,
+            envp,
+            command.cwd,
+            out_fd,
+            cgroup_procs,
+            log_dir_fd,
+            log_base(command.name),
+            None,
+            nofile,
         )
         if stage == _spawn.STAGE_OK:
             return cls(pid, pidfd), log_fd, os.fsdecode(log_name)
@@ -158,26 +169,64 @@ class Process:
 
 
 def _start_error(
-    command: Command, paths: Sequence[str], stage: int, err: int, log_dir: Path
+    command: Command,
+    paths: Sequence[str],
+    stage: int,
+    err: int,
+    log_dir: Path,
 ) -> StartError:
     name = command.name
     if stage == _spawn.STAGE_LOG:
-        if err == errno.EEXIST:
-            return StartError(err, f"cannot create a log in {log_dir}: no free log file name")
         return StartError(err, f"cannot create a log in {log_dir}: {os.strerror(err)}")
     if stage == _spawn.STAGE_EXEC:
-        if err == errno.ENOENT:
-            return CommandNotFound(err, f"command not found: {name}")
-        if err == errno.EACCES:
-            # The candidates exec tried (from the job's PATH): say why the first refused.
-            found = next((p for p in paths if os.path.exists(p)), name)
-            reason = (
-                "is a directory" if os.path.isdir(found) else "permission denied (not executable?)"
-            )
-            return StartError(err, f"cannot execute {name}: {reason}")
-        return StartError(err, f"cannot execute {name}: {os.strerror(err)}")
+        return _exec_error(name, paths, err)
     if stage == _spawn.STAGE_CWD:
         return StartError(err, f"cannot change directory to {command.cwd}: {os.strerror(err)}")
     if stage == _spawn.STAGE_CGROUP:
         return StartError(err, f"cannot join the job's cgroup: {os.strerror(err)}")
+    if stage == _spawn.STAGE_DIED:
+        how = f"was killed by signal {err}" if err else "exited"
+        # ESRCH: the process is gone; err is a signal number, not an errno.
+        return StartError(
+            errno.ESRCH, f"cannot start {name}: its process {how} before executing the program"
+        )
+    if stage == _spawn.STAGE_PIDFD:
+        return StartError(
+            err, "cannot start jobs: this kernel gives no pidfd for a new process (needs 5.2)"
+        )
     return StartError(err, f"cannot set up the job's process: {os.strerror(err)}")
+
+
+def _exec_error(name: str, paths: Sequence[str], err: int) -> StartError:
+    """Why no candidate of ``paths`` (``name`` looked up in PATH, or ``name`` itself if it
+    has a ``/``) could be executed, said after the fact, from what is there now."""
+    searched = "/" not in name
+    if err in (errno.ENOENT, errno.ENOTDIR):
+        # ENOENT for a file that exists: the interpreter it names (its #! line, or an
+        # ELF's loader) does not.  (On a PATH entry, ENOTDIR only means that entry is
+        # not a directory; on a path, that a component of it is not.)
+        script = next((p for p in paths if os.path.isfile(p)), None)
+        if err == errno.ENOENT and script is not None:
+            return StartError(err, f"cannot execute {name}: {_missing_interpreter(script)}")
+        if err == errno.ENOENT or searched:
+            return CommandNotFound(err, f"command not found: {name}")
+    if err == errno.EACCES:
+        # The candidates exec tried (from the job's PATH): say why the first refused.
+        found = next((p for p in paths if os.path.exists(p)), name)
+        reason = "is a directory" if os.path.isdir(found) else "permission denied (not executable?)"
+        return StartError(err, f"cannot execute {name}: {reason}")
+    return StartError(err, f"cannot execute {name}: {os.strerror(err)}")
+
+
+def _missing_interpreter(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(4096)
+    except OSError:
+        head = b""
+    if head.startswith(b"#!"):
+        interpreter = head[2:].strip().split(maxsplit=1)
+        if interpreter:
+            shown = os.fsdecode(interpreter[0])
+            return f"its interpreter {shown} (from the #! line of {path}) was not found"
+    return f"{path} exists, but the interpreter (ELF loader) it needs was not found"

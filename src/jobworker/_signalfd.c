@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <sys/signalfd.h>
+#include <unistd.h>
 
 static PyObject *py_signalfd(PyObject *self, PyObject *args) {
     PyObject *signals;
@@ -34,7 +35,9 @@ static PyObject *py_signalfd(PyObject *self, PyObject *args) {
     Py_DECREF(seq);
     int fd = signalfd(-1, &mask, flags);
     if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
-    return PyLong_FromLong(fd);
+    PyObject *result = PyLong_FromLong(fd);
+    if (!result) close(fd); /* nobody would ever close it */
+    return result;
 }
 
 static PyMethodDef methods[] = {

@@ -8,7 +8,7 @@
  * The child is a clone(CLONE_VM | CLONE_VFORK | CLONE_FILES): it shares the worker's
  * memory and descriptor table, and the calling thread sleeps until it has executed the
  * program or failed.  Sharing the table is what lets the child create the job's log,
- * named after its own pid ({base}_{pid}.log, or .1.log ... if that name is taken), in
+ * named after its own pid ({base}_{pid}.log; see create_log if that name is taken), in
  * the worker's table: the log exists, with its final name, before the program runs,
  * and a log that cannot be created means the program never runs.  (Before, the worker
  * created an unnamed O_TMPFILE and linked it once the pid was known: two metadata
@@ -18,11 +18,18 @@
  * relative to the log directory's fd), takes a private copy of the descriptor table
  * with everything above stderr close-on-exec, leaves the worker's session (setsid),
  * joins each cgroup by writing "0" (itself) into its cgroup.procs, points stdin at
- * /dev/null and stdout and stderr at the capture pipe, changes directory, restores
- * default signal dispositions and an empty mask, and executes the first candidate path
- * that works.  A failure is recorded as (stage, errno) in the plan, which the child
- * shares with the parent; the parent then reaps the child and removes the log before
- * returning.
+ * /dev/null and stdout and stderr at the capture pipe, drops to the job's user if one
+ * is given (supplementary groups, group, user: in that order, as only root may set the
+ * first two), changes directory (with the job's own permissions), restores the fd limit
+ * the host had, default signal dispositions and an empty mask, and executes the first
+ * candidate path that works.  A failure is recorded as (stage, errno) in the plan,
+ * which the child shares with the parent; the parent then reaps the child and removes
+ * the log before returning.
+ *
+ * Every descriptor the worker keeps lives above stderr: a host that closed its 0-2 (a
+ * daemon) would otherwise find a job's log or pidfd there, and its own print() would
+ * write into that log.  The kernel gives out the lowest free number, so the log and the
+ * pidfd are moved up at once when they land there (a dup and a close, only then).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,9 +40,12 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -50,21 +60,56 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#endif
+/* Headers older than the kernel: system calls numbered from 424 on (5.1) have one number
+ * on every architecture, offset by 110 on alpha and by the ABI's base on mips. */
+#if defined(__alpha__)
+#define JW_NEW_SYSCALL(n) ((n) + 110)
+#elif defined(__mips__)
+#define JW_NEW_SYSCALL(n) (__NR_Linux + (n))
+#else
+#define JW_NEW_SYSCALL(n) (n)
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal JW_NEW_SYSCALL(424)
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range JW_NEW_SYSCALL(436)
+#endif
+/* 32-bit ids where the plain calls still take 16-bit ones (i386, arm). */
+#ifdef SYS_setresuid32
+#define JW_SYS_setgroups SYS_setgroups32
+#define JW_SYS_setresgid SYS_setresgid32
+#define JW_SYS_setresuid SYS_setresuid32
+#else
+#define JW_SYS_setgroups SYS_setgroups
+#define JW_SYS_setresgid SYS_setresgid
+#define JW_SYS_setresuid SYS_setresuid
+#endif
 
 enum {
+    STAGE_PENDING = -1, /* the child has not got as far as exec (yet) */
     STAGE_OK = 0,
     STAGE_CGROUP = 1,
     STAGE_FDS = 2,
     STAGE_CWD = 3,
     STAGE_EXEC = 4,
     STAGE_LOG = 5,
+    STAGE_GROUPS = 6,
+    STAGE_GID = 7,
+    STAGE_UID = 8,
+    STAGE_DIED = 9,
+    STAGE_PIDFD = 10,
 };
 
-/* Tests set this to take the path of kernels without close_range. */
-static int without_close_range;
+/* Tests set these to take the paths of kernels without close_range, or without
+ * CLONE_PIDFD (which such kernels ignore rather than refuse). */
+static int without_close_range, without_clone_pidfd;
 
-/* Log names tried: {base}_{pid}.log, then {base}_{pid}.1.log ... .999.log. */
-#define LOG_NAMES 1000
+/* Log names tried in order before random ones: {base}_{pid}.log, .1.log ... .9.log. */
+#define LOG_SEQUENTIAL 10
 /* The child's stack: its frames are small (no recursion, no libc buffers). */
 #define CHILD_STACK (64 * 1024)
 
@@ -79,8 +124,16 @@ struct plan {
     int low_end; /* > 0: out_fd is below it (a low slot) */
     int log_dir_fd;
     const char *log_base;
+    int run_as; /* whether to change to uid/gid/groups */
+    uid_t uid;
+    gid_t gid;
+    gid_t *groups;
+    size_t ngroups;
+    long long nofile; /* >= 0: the soft RLIMIT_NOFILE the job gets */
+    /* Written by the kernel (CLONE_PIDFD) before the child runs; -1 if it ignored that. */
+    int pidfd;
     /* Written by the child (shared memory), read by the parent once clone returns. */
-    int stage, err; /* what failed, if anything */
+    int stage, err; /* what failed, if anything; STAGE_OK only while exec runs */
     int log_fd;
     char log_name[NAME_MAX + 1];
 };
@@ -109,40 +162,83 @@ static char *put_uint(char *at, const char *end, unsigned long v) {
     return at;
 }
 
+static char *put_hex64(char *at, const char *end, uint64_t v) {
+    for (int shift = 60; shift >= 0 && at < end; shift -= 4)
+        *at++ = "0123456789abcdef"[(v >> shift) & 0xf];
+    return at;
+}
+
+/* fd, or a copy of it above stderr if it landed at 0-2 (see the module docstring);
+ * -1 with errno set if it cannot be moved (it is closed then). */
+static int above_stdio(int fd) {
+    if (fd > 2) return fd;
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    int err = errno;
+    close(fd);
+    errno = err;
+    return moved;
+}
+
+static int random64(uint64_t *v) {
+    for (;;) {
+        long n = syscall(SYS_getrandom, v, sizeof *v, 0);
+        if (n == (long)sizeof *v) return 0;
+        if (n >= 0) errno = EIO; /* a short read of 8 bytes does not happen */
+        else if (errno == EINTR) continue;
+        return errno;
+    }
+}
+
 /* In the child, still sharing the worker's descriptor table: the new log's fd lands in
- * the worker's table, and its name in the plan.  Returns 0 or an errno. */
+ * the worker's table, and its name in the plan.  Returns 0 or an errno.
+ *
+ * O_EXCL never opens what exists, a symlink included: a stale log, a pid-reuse leftover
+ * or a planted file makes us take the next name.  After {pid}.log and a few numbered
+ * names, the names carry 64 random bits: in a directory others can write (/tmp),
+ * whoever pre-creates names for the next pids must not be able to make every start
+ * fail, so the search has no end, and names to plant cannot be guessed. */
 static int create_log(struct plan *p) {
     unsigned long pid = (unsigned long)syscall(SYS_getpid);
     const char *end = p->log_name + sizeof p->log_name - 1;
-    for (int n = 0; n < LOG_NAMES; n++) {
+    for (unsigned long n = 0;; n++) {
         char *at = put_str(p->log_name, end, p->log_base);
         at = put_str(at, end, "_");
         at = put_uint(at, end, pid);
-        if (n) {
+        if (n >= LOG_SEQUENTIAL) {
+            uint64_t r;
+            int err = random64(&r);
+            if (err) return err;
             at = put_str(at, end, ".");
-            at = put_uint(at, end, (unsigned long)n);
+            at = put_hex64(at, end, r);
+        } else if (n) {
+            at = put_str(at, end, ".");
+            at = put_uint(at, end, n);
         }
         at = put_str(at, end, ".log");
         if (at == end) return ENAMETOOLONG;
         *at = 0;
-        /* O_EXCL never opens what exists, a symlink included: a stale log, a pid-reuse
-         * leftover or a planted link makes us take the next name. */
         int fd = openat(p->log_dir_fd, p->log_name,
                         O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (fd >= 0) {
+            fd = above_stdio(fd);
+            if (fd < 0) {
+                int err = errno;
+                unlinkat(p->log_dir_fd, p->log_name, 0);
+                return err;
+            }
             p->log_fd = fd;
             return 0;
         }
         if (errno != EEXIST) return errno;
     }
-    return EEXIST;
 }
 
 /* Kernels before 5.9 have no close_range: mark the child's fds above stderr
  * close-on-exec one by one, up to the size of its fd table (FDSize in
- * /proc/self/status), not up to the fd limit, which the worker raises to the hard
- * limit (a million on many systems).  (Listing /proc/self/fd instead cost 2.3 us per
- * open fd here, against 0.15 us per number for fcntl.) */
+ * /proc/self/status), which bounds every open fd, whatever the fd limit says (the limit
+ * may be a million, or have been lowered below fds opened before).  Only without /proc,
+ * up to the fd limit.  (Listing /proc/self/fd instead cost 2.3 us per open fd here,
+ * against 0.15 us per number for fcntl.) */
 static void cloexec_open_fds(int max_fd) {
     char buf[4096];
     int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
@@ -156,8 +252,9 @@ static void cloexec_open_fds(int max_fd) {
                 int size = 0;
                 for (at += 9; *at == ' ' || *at == '\t'; at++) {
                 }
-                while (*at >= '0' && *at <= '9') size = size * 10 + (*at++ - '0');
-                if (size > 0 && size - 1 < max_fd) max_fd = size - 1;
+                while (*at >= '0' && *at <= '9' && size < INT_MAX / 10)
+                    size = size * 10 + (*at++ - '0');
+                if (size > 0) max_fd = size - 1;
             }
         }
     }
@@ -165,10 +262,20 @@ static void cloexec_open_fds(int max_fd) {
 }
 
 /* Runs in the child: it shares the parent's memory, so it writes nothing but its own
- * stack and the plan's result fields, and makes only system calls. */
+ * stack and the plan's result fields, and makes only system calls.  (Raw system calls
+ * for the ids: in a process with threads, glibc's setuid() and friends lock the list of
+ * its threads and signal each one to change ids too.  Here that list is the worker's,
+ * and its lock may be held by a worker thread that is mid-way through creating a
+ * thread: the child would wait for ever.) */
 static void __attribute__((noinline)) child(struct plan *p) {
     int i, fd, err;
 
+    if (p->pidfd < 0) {
+        /* A kernel before 5.2 ignores CLONE_PIDFD: without a pidfd the worker could
+         * only signal this process by pid, so it must not run at all. */
+        report(p, STAGE_PIDFD, ENOSYS);
+        return;
+    }
     err = create_log(p);
     if (err) {
         report(p, STAGE_LOG, err);
@@ -211,8 +318,14 @@ static void __attribute__((noinline)) child(struct plan *p) {
     }
     for (i = 0; p->cgroups[i]; i++) {
         fd = open(p->cgroups[i], O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "0", 1) != 1) {
+        if (fd < 0) {
             report(p, STAGE_CGROUP, errno);
+            return;
+        }
+        ssize_t n = write(fd, "0", 1);
+        if (n != 1) {
+            /* A write of nothing sets no errno: do not report a stale one. */
+            report(p, STAGE_CGROUP, n < 0 ? errno : EIO);
             return;
         }
         close(fd);
@@ -224,9 +337,40 @@ static void __attribute__((noinline)) child(struct plan *p) {
         return;
     }
     if (fd > 2) close(fd);
+    /* The log exists and the cgroups are joined, both as the worker's user: now drop
+     * to the job's.  Groups first (only root may set them), then the group, then the
+     * user, whose change takes away the right to make the other two. */
+    if (p->run_as) {
+        if (syscall(JW_SYS_setgroups, p->ngroups, p->groups) < 0) {
+            report(p, STAGE_GROUPS, errno);
+            return;
+        }
+        if (syscall(JW_SYS_setresgid, p->gid, p->gid, p->gid) < 0) {
+            report(p, STAGE_GID, errno);
+            return;
+        }
+        if (syscall(JW_SYS_setresuid, p->uid, p->uid, p->uid) < 0) {
+            report(p, STAGE_UID, errno);
+            return;
+        }
+    }
     if (p->cwd && chdir(p->cwd) < 0) {
         report(p, STAGE_CWD, errno);
         return;
+    }
+    /* The worker raised its own soft fd limit; the job gets the one the host had. */
+    if (p->nofile >= 0) {
+        struct rlimit lim;
+        if (getrlimit(RLIMIT_NOFILE, &lim) < 0) {
+            report(p, STAGE_FDS, errno);
+            return;
+        }
+        rlim_t soft = (rlim_t)p->nofile;
+        lim.rlim_cur = soft < lim.rlim_max ? soft : lim.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &lim) < 0) {
+            report(p, STAGE_FDS, errno);
+            return;
+        }
     }
     /* Python ignores SIGPIPE and SIGXFSZ; ignored dispositions survive exec, and a job
      * must die of a broken pipe as it would under a shell. */
@@ -243,18 +387,41 @@ static void __attribute__((noinline)) child(struct plan *p) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 
-    /* execvp's rules: skip ENOENT/ENOTDIR candidates, remember EACCES, stop on others. */
-    err = ENOENT;
+    /* The PATH search of glibc's execvp: a candidate that is missing (ENOENT, ENOTDIR)
+     * or on a file system that failed (ESTALE, ENODEV, ETIMEDOUT) moves on to the next,
+     * EACCES is remembered and moves on, anything else stops.  Unlike execvp, a file
+     * the kernel cannot execute (ENOEXEC: no #! line, no known format) is an error,
+     * not run again through /bin/sh, as in Python's subprocess: argv is executed, never
+     * handed to a shell.
+     *
+     * The stage says OK only while execve runs: a child killed before (while joining
+     * its cgroup, say) leaves it PENDING, and the parent takes that for the failure it
+     * is, not for a started job. */
+    int eacces = 0, broken = 0, missing = ENOENT;
     for (i = 0; p->paths[i]; i++) {
+        p->stage = STAGE_OK;
         execve(p->paths[i], p->argv, p->envp);
-        if (errno == EACCES) {
-            err = EACCES;
-        } else if (errno != ENOENT && errno != ENOTDIR) {
-            err = errno;
+        err = errno;
+        p->stage = STAGE_PENDING;
+        switch (err) {
+        case EACCES:
+            eacces = 1;
             break;
+        case ENOENT:
+        case ENOTDIR:
+            missing = err;
+            break;
+        case ESTALE:
+        case ENODEV:
+        case ETIMEDOUT:
+            broken = err;
+            break;
+        default:
+            report(p, STAGE_EXEC, err);
+            return;
         }
     }
-    report(p, STAGE_EXEC, err);
+    report(p, STAGE_EXEC, eacces ? EACCES : broken ? broken : missing);
 }
 
 /* A NULL-terminated vector of C strings pointing into bytes objects it holds (the
@@ -275,26 +442,28 @@ static void strv_free(struct strv *s) {
 }
 
 static int strv_from(PyObject *seq, struct strv *s) {
-    PyObject *fast = PySequence_Fast(seq, "expected a sequence");
-    if (!fast) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    /* A tuple of the items first: converting an item may run Python code (its
+     * __fspath__) that changes a list under us; a tuple holds them all, unchanged. */
+    PyObject *items = PySequence_Tuple(seq);
+    if (!items) return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
     s->v = PyMem_Calloc((size_t)n + 1, sizeof(char *));
     s->held = PyMem_Calloc((size_t)n + 1, sizeof(PyObject *));
     if (!s->v || !s->held) {
-        Py_DECREF(fast);
+        Py_DECREF(items);
         PyErr_NoMemory();
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *b = NULL;
-        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(fast, i), &b)) {
-            Py_DECREF(fast);
+        if (!PyUnicode_FSConverter(PyTuple_GET_ITEM(items, i), &b)) {
+            Py_DECREF(items);
             return -1;
         }
         s->held[s->n++] = b;
         s->v[i] = PyBytes_AS_STRING(b);
     }
-    Py_DECREF(fast);
+    Py_DECREF(items);
     return 0;
 }
 
@@ -330,51 +499,61 @@ static char *child_stack(void) {
 }
 
 /* Two descriptors reserved when this module is imported, while the table is still
- * small, so their numbers are low: between starts both are one /dev/null open file;
- * during a start the second holds the capture pipe.  One start at a time uses them
- * (others copy the whole table instead of waiting). */
+ * small, so their numbers are low: between starts both are one open file of a memfd
+ * made for them; during a start the second holds the capture pipe.  One start at a
+ * time uses them (others copy the whole table instead of waiting). */
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int slot_null = -1, slot_out = -1;
+static int slot_home = -1, slot_out = -1;
+static dev_t slot_dev;
+static ino_t slot_ino;
+static int slot_busy; /* slot_out holds a pipe (or is about to): see after_fork_child */
 
-#ifndef KCMP_FILE
-#define KCMP_FILE 0
-#endif
-
-static int same_file(int a, int b) {
-    pid_t me = getpid();
-    return syscall(SYS_kcmp, me, me, KCMP_FILE, a, b) == 0;
+/* Whether fd is (still) the slots' memfd.  Nobody else holds that file, so a matching
+ * inode proves the number is still ours: no kcmp(2), which seccomp profiles (Docker's
+ * default) refuse. */
+static int is_slot_file(int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 && st.st_ino == slot_ino && st.st_dev == slot_dev;
 }
 
 static void reserve_slots(void) {
-    /* Above stderr even if this process has closed one of 0-2. */
-    int tmp = open("/dev/null", O_RDONLY | O_CLOEXEC);
+#ifdef SYS_memfd_create
+    int tmp = (int)syscall(SYS_memfd_create, "jobworker-slot", MFD_CLOEXEC);
     if (tmp < 0) return;
-    int null = fcntl(tmp, F_DUPFD_CLOEXEC, 3), out = fcntl(tmp, F_DUPFD_CLOEXEC, 3);
+    struct stat st;
+    /* Above stderr even if this process has closed one of 0-2. */
+    int home = fstat(tmp, &st) == 0 ? fcntl(tmp, F_DUPFD_CLOEXEC, 3) : -1;
+    int out = home >= 0 ? fcntl(tmp, F_DUPFD_CLOEXEC, 3) : -1;
     close(tmp);
-    if (null < 0 || out < 0) {
-        if (null >= 0) close(null);
-        if (out >= 0) close(out);
+    if (home < 0 || out < 0) {
+        if (home >= 0) close(home);
         return;
     }
-    slot_null = null;
+    slot_dev = st.st_dev;
+    slot_ino = st.st_ino;
+    slot_home = home;
     slot_out = out;
+#endif
 }
 
 /* Point the slot at out_fd; returns 1 if the plan uses it. */
 static int take_slot(struct plan *p) {
-    if (slot_null < 0 || pthread_mutex_trylock(&slots_lock) != 0) return 0;
+    if (slot_home < 0 || pthread_mutex_trylock(&slots_lock) != 0) return 0;
     /* Still ours?  Code that closed them (a daemonizing close-all, say) may have had
      * the numbers reused for its own files, which dup3 would then replace.  Give the
      * slots up for good rather than risk that. */
-    if (!same_file(slot_null, slot_out)) {
-        slot_null = slot_out = -1;
+    if (!is_slot_file(slot_home) || !is_slot_file(slot_out)) {
+        slot_home = slot_out = -1;
         pthread_mutex_unlock(&slots_lock);
         return 0;
     }
+    /* Set before the dup3, and seen by a fork in another thread from then on. */
+    __atomic_store_n(&slot_busy, 1, __ATOMIC_SEQ_CST);
     /* dup3 keeps it close-on-exec: another thread's fork+exec must not inherit a job's
      * pipe. */
     if (dup3(p->out_fd, slot_out, O_CLOEXEC) < 0) {
+        __atomic_store_n(&slot_busy, 0, __ATOMIC_SEQ_CST);
         pthread_mutex_unlock(&slots_lock);
         return 0;
     }
@@ -385,8 +564,20 @@ static int take_slot(struct plan *p) {
 
 /* Drop the parent's reference to the pipe: its write end must close with the child. */
 static void release_slot(void) {
-    dup3(slot_null, slot_out, O_CLOEXEC);
+    dup3(slot_home, slot_out, O_CLOEXEC);
+    __atomic_store_n(&slot_busy, 0, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&slots_lock);
+}
+
+/* A plain fork() in another thread (multiprocessing's default) while a start holds the
+ * slot copies the job's pipe into a process that would keep it open: the job's output
+ * would reach EOF only when that process exits.  Its copy of the slot goes back to the
+ * memfd, and its lock is free (the thread that held it does not exist there).
+ * (clone() for a job runs no fork handlers.) */
+static void after_fork_child(void) {
+    if (slot_busy && slot_out >= 0) dup3(slot_home, slot_out, O_CLOEXEC);
+    slot_busy = 0;
+    pthread_mutex_init(&slots_lock, NULL);
 }
 
 static int child_main(void *arg) {
@@ -394,21 +585,78 @@ static int child_main(void *arg) {
     _exit(127);
 }
 
+/* Take down a child that started but cannot be handed over, and its log. */
+static void undo_start(struct plan *p, pid_t pid, int pidfd) {
+    if (pidfd >= 0) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+    else kill(pid, SIGKILL); /* unreaped: the pid is still this child's */
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    if (pidfd >= 0) close(pidfd);
+    if (p->log_fd >= 0) {
+        unlinkat(p->log_dir_fd, p->log_name, 0);
+        close(p->log_fd);
+        p->log_fd = -1;
+    }
+}
+
+/* An id of uid_t/gid_t's range, (id_t)-1 excluded (it means "unchanged" to the kernel). */
+static int parse_id(PyObject *o, unsigned int *id) {
+    unsigned long v = PyLong_AsUnsignedLong(o);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    if (v >= 0xffffffffUL) {
+        PyErr_SetString(PyExc_OverflowError, "user and group ids must be below 2**32 - 1");
+        return -1;
+    }
+    *id = (unsigned int)v;
+    return 0;
+}
+
+static int parse_run_as(PyObject *o, struct plan *p, PyObject **groups_tuple) {
+    unsigned int uid, gid, g;
+    if (o == Py_None) return 0;
+    if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 3) {
+        PyErr_SetString(PyExc_TypeError, "run_as must be None or (uid, gid, groups)");
+        return -1;
+    }
+    if (parse_id(PyTuple_GET_ITEM(o, 0), &uid) < 0 || parse_id(PyTuple_GET_ITEM(o, 1), &gid) < 0)
+        return -1;
+    *groups_tuple = PySequence_Tuple(PyTuple_GET_ITEM(o, 2));
+    if (!*groups_tuple) return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(*groups_tuple);
+    p->groups = PyMem_Calloc((size_t)n + 1, sizeof(gid_t));
+    if (!p->groups) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (parse_id(PyTuple_GET_ITEM(*groups_tuple, i), &g) < 0) return -1;
+        p->groups[i] = (gid_t)g;
+    }
+    p->run_as = 1;
+    p->uid = (uid_t)uid;
+    p->gid = (gid_t)gid;
+    p->ngroups = (size_t)n;
+    return 0;
+}
+
 PyDoc_STRVAR(spawn_doc,
-"spawn(paths, argv, envp, cwd, out_fd, cgroup_procs, log_dir_fd, log_base)\n"
+"spawn(paths, argv, envp, cwd, out_fd, cgroup_procs, log_dir_fd, log_base, run_as, nofile)\n"
 "    -> (pid, pidfd, log_fd, log_name, stage, errno)\n\n"
-"Start a process as described in the module docstring.  On success stage is 0,\n"
-"pidfd refers to the new, unreaped child and log_fd (write-only, close-on-exec) to\n"
-"its new log, named log_name (bytes) in the directory log_dir_fd.  Otherwise the\n"
-"child was reaped and its log removed already, the other fields are -1 (and b''),\n"
-"and (stage, errno) say what failed: 1 joining a cgroup, 2 setting up fds or the\n"
-"session, 3 changing directory, 4 executing, 5 creating the log.");
+"Start a process as described in the module docstring.  run_as is None or\n"
+"(uid, gid, groups); nofile is the soft RLIMIT_NOFILE the job gets, or -1 to leave it.\n"
+"On success stage is 0, pidfd refers to the new, unreaped child and log_fd (write-only,\n"
+"close-on-exec) to its new log, named log_name (bytes) in the directory log_dir_fd;\n"
+"both are above 2.  Otherwise the child was reaped and its log removed already, the\n"
+"other fields are -1 (and b''), and (stage, errno) say what failed: see the STAGE_\n"
+"constants.  For STAGE_DIED (the child died before it could execute) errno is the\n"
+"signal that killed it, or 0.");
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
-    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *cg_o, *base_o;
+    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *cg_o, *base_o, *run_as_o;
     int out_fd, log_dir_fd;
-    if (!PyArg_ParseTuple(args, "OOOOiOiO", &paths_o, &argv_o, &envp_o, &cwd_o, &out_fd, &cg_o,
-                          &log_dir_fd, &base_o))
+    long long nofile;
+    if (!PyArg_ParseTuple(args, "OOOOiOiOOL", &paths_o, &argv_o, &envp_o, &cwd_o, &out_fd,
+                          &cg_o, &log_dir_fd, &base_o, &run_as_o, &nofile))
         return NULL;
     if (out_fd <= 2) {
         PyErr_SetString(PyExc_ValueError, "out_fd must be greater than 2");
@@ -417,10 +665,11 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
 
     struct plan p = {0};
     struct strv paths = {0}, argv = {0}, envp = {0}, cgroups = {0};
-    PyObject *cwd_b = NULL, *base_b = NULL, *result = NULL;
+    PyObject *cwd_b = NULL, *base_b = NULL, *groups_t = NULL, *result = NULL;
     p.out_fd = out_fd;
     p.log_dir_fd = log_dir_fd;
     p.log_fd = -1;
+    p.nofile = nofile;
     if (strv_from(paths_o, &paths) < 0 || strv_from(argv_o, &argv) < 0 ||
         strv_from(envp_o, &envp) < 0 || strv_from(cg_o, &cgroups) < 0)
         goto done;
@@ -434,36 +683,56 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     }
     if (!PyUnicode_FSConverter(base_o, &base_b)) goto done;
     p.log_base = PyBytes_AS_STRING(base_b);
+    if (parse_run_as(run_as_o, &p, &groups_t) < 0) goto done;
     char *stack = child_stack();
     if (!stack) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
+    /* Only where /proc/self/status cannot tell the fd table's size (see
+     * cloexec_open_fds). */
     long open_max = sysconf(_SC_OPEN_MAX);
-    p.max_fd = open_max > 0 && open_max < 1 << 20 ? (int)open_max : 1 << 16;
+    p.max_fd = open_max > 0 && open_max <= INT_MAX ? (int)(open_max - 1) : INT_MAX - 1;
 
     pid_t pid;
-    int pidfd = -1, saved_errno = 0, slot;
+    int saved_errno = 0, slot, status = 0;
+    int flags = CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD;
+    if (!without_clone_pidfd) flags |= CLONE_PIDFD;
     sigset_t all, old;
+    p.pidfd = -1;
+    p.stage = STAGE_PENDING;
     Py_BEGIN_ALLOW_THREADS
     slot = take_slot(&p);
     /* No signal handler of the parent may run in the child, which shares its memory;
      * the child resets dispositions before it unblocks. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid = clone(child_main, stack + CHILD_STACK,
-                CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | SIGCHLD, &p, &pidfd);
+    pid = clone(child_main, stack + CHILD_STACK, flags, &p, &p.pidfd);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (slot) release_slot();
     if (pid > 0 && p.stage != STAGE_OK) {
-        /* The child failed and exited: reap it, and remove its log, before saying so. */
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        /* The child failed, or died, before exec: reap it, and remove its log, before
+         * saying so. */
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
         }
-        close(pidfd);
+        if (p.pidfd >= 0) close(p.pidfd);
         if (p.log_fd >= 0) {
             unlinkat(log_dir_fd, p.log_name, 0);
             close(p.log_fd);
+        }
+        if (p.stage == STAGE_PENDING) {
+            p.stage = STAGE_DIED;
+            p.err = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        }
+    } else if (pid > 0 && p.pidfd <= 2) {
+        int moved = above_stdio(p.pidfd);
+        if (moved < 0) {
+            saved_errno = errno;
+            undo_start(&p, pid, -1);
+            pid = -1;
+        } else {
+            p.pidfd = moved;
         }
     }
     Py_END_ALLOW_THREADS
@@ -474,21 +743,16 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     } else if (p.stage != STAGE_OK) {
         result = Py_BuildValue("(iiiyii)", -1, -1, -1, "", p.stage, p.err);
     } else {
-        result = Py_BuildValue("(iiiyii)", (int)pid, pidfd, p.log_fd, p.log_name, STAGE_OK, 0);
-        if (!result) {
-            /* No way to hand the job over: take it down rather than leak it. */
-            syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
-            while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-            }
-            close(pidfd);
-            unlinkat(log_dir_fd, p.log_name, 0);
-            close(p.log_fd);
-        }
+        result = Py_BuildValue("(iiiyii)", (int)pid, p.pidfd, p.log_fd, p.log_name, STAGE_OK, 0);
+        /* No way to hand the job over: take it down rather than leak it. */
+        if (!result) undo_start(&p, pid, p.pidfd);
     }
 
 done:
     Py_XDECREF(cwd_b);
     Py_XDECREF(base_b);
+    Py_XDECREF(groups_t);
+    PyMem_Free(p.groups);
     strv_free(&paths);
     strv_free(&argv);
     strv_free(&envp);
@@ -503,16 +767,25 @@ static PyObject *set_without_close_range(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *set_without_clone_pidfd(PyObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    without_clone_pidfd = on;
+    Py_RETURN_NONE;
+}
+
 static PyObject *slots(PyObject *self, PyObject *unused) {
-    return Py_BuildValue("(ii)", slot_null, slot_out);
+    return Py_BuildValue("(ii)", slot_home, slot_out);
 }
 
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
     {"set_without_close_range", set_without_close_range, METH_O,
      "set_without_close_range(on): start as on kernels without close_range (for tests)."},
+    {"set_without_clone_pidfd", set_without_clone_pidfd, METH_O,
+     "set_without_clone_pidfd(on): start as on kernels that ignore CLONE_PIDFD (for tests)."},
     {"slots", slots, METH_NOARGS,
-     "slots() -> (null, out): the reserved descriptors, or -1s if given up (for tests)."},
+     "slots() -> (home, out): the reserved descriptors, or -1s if given up (for tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -525,13 +798,26 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__spawn(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    if (slot_null < 0) reserve_slots();
+    static int initialized;
+    if (!initialized) {
+        if (pthread_atfork(NULL, NULL, after_fork_child) != 0) {
+            Py_DECREF(m);
+            return PyErr_NoMemory();
+        }
+        reserve_slots();
+        initialized = 1;
+    }
     if (PyModule_AddIntConstant(m, "STAGE_OK", STAGE_OK) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_CGROUP", STAGE_CGROUP) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_FDS", STAGE_FDS) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_CWD", STAGE_CWD) < 0 ||
         PyModule_AddIntConstant(m, "STAGE_EXEC", STAGE_EXEC) < 0 ||
-        PyModule_AddIntConstant(m, "STAGE_LOG", STAGE_LOG) < 0) {
+        PyModule_AddIntConstant(m, "STAGE_LOG", STAGE_LOG) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_GROUPS", STAGE_GROUPS) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_GID", STAGE_GID) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_UID", STAGE_UID) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_DIED", STAGE_DIED) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_PIDFD", STAGE_PIDFD) < 0) {
         Py_DECREF(m);
         return NULL;
     }

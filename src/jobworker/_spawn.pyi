@@ -6,6 +6,11 @@ STAGE_FDS: int
 STAGE_CWD: int
 STAGE_EXEC: int
 STAGE_LOG: int
+STAGE_GROUPS: int
+STAGE_GID: int
+STAGE_UID: int
+STAGE_DIED: int
+STAGE_PIDFD: int
 
 def spawn(
     paths: Sequence[str | bytes],
@@ -16,7 +21,10 @@ def spawn(
     cgroup_procs: Sequence[str | bytes],
     log_dir_fd: int,
     log_base: str | bytes,
+    run_as: tuple[int, int, Sequence[int]] | None,
+    nofile: int,
     /,
 ) -> tuple[int, int, int, bytes, int, int]: ...
 def slots() -> tuple[int, int]: ...
 def set_without_close_range(on: bool, /) -> None: ...
+def set_without_clone_pidfd(on: bool, /) -> None: ...

@@ -35,13 +35,31 @@ log = logging.getLogger("jobworker")
 DEFAULT_GRACE = 10.0
 
 
-def _raise_fd_limit() -> None:
-    # Each running job holds three descriptors (pidfd, pipe, log); 1,000s of jobs need
-    # more than the usual soft limit of 1,024.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+# The soft fd limit this process had before a worker first raised it: the one jobs get.
+_host_nofile: int | None = None
+_nofile_lock = threading.Lock()
+
+
+def _raise_fd_limit() -> int:
+    """Raise this process's soft fd limit to the hard one; return the soft limit jobs
+    get instead (-1: the same as the worker's).
+
+    Each running job holds three descriptors (pidfd, pipe, log); 1,000s of jobs need
+    more than the usual soft limit of 1,024.  Jobs keep the host's: shells and systemd
+    give 1,024 on purpose, since ``select()`` cannot watch an fd above 1,023.
+    """
+    global _host_nofile
+    with _nofile_lock:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if _host_nofile is None:
+            _host_nofile = soft
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if _host_nofile in (now, resource.RLIM_INFINITY):
+            return -1
+        return _host_nofile
 
 
 def _check_grace(grace: float) -> float:
@@ -78,7 +96,7 @@ class Worker:
         self._lock = threading.Condition()
         self._starting = 0  # starts under way, which close() waits for
         self._closed = False
-        _raise_fd_limit()
+        self._job_nofile = _raise_fd_limit()
         # Logs are created relative to this descriptor, so the directory cannot be
         # swapped for another (or a symlink) between one job and the next.
         self._log_dir_fd = above_stdio(
@@ -161,6 +179,7 @@ class Worker:
                 group.procs_files,
                 self.log_dir,
                 self._log_dir_fd,
+                self._job_nofile,
             )
             logfile = LogFile(log_fd, self.log_dir, self._log_dir_fd, log_name)
         except BaseException as e:
