@@ -17,7 +17,7 @@ from ._errors import (
     WorkerClosed,
 )
 from ._follow import AsyncLogReader, LogReader
-from ._model import Command, JobInfo, Limits, State, Status, StopType, Usage
+from ._model import Command, JobInfo, Limits, RunAs, State, Status, StopType, Usage
 from ._rescontrol import JobGroup, ResourceControl, detect
 from ._rescontrol._none import NoCgroups
 from ._worker import Worker
@@ -39,6 +39,7 @@ __all__ = [
     "LogUnavailable",
     "NoCgroups",
     "ResourceControl",
+    "RunAs",
     "StartError",
     "State",
     "Status",

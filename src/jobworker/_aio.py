@@ -14,7 +14,7 @@ import uuid
 
 from ._follow import AsyncLogReader, resolve_soon
 from ._job import Job
-from ._model import Command, JobInfo, Limits
+from ._model import Command, JobInfo, Limits, RunAs
 from ._worker import Worker, _check_grace
 
 __all__ = ["AsyncWorker"]
@@ -42,9 +42,14 @@ class AsyncWorker:
         self.worker = worker
 
     async def start(
-        self, command: Command, owner_id: uuid.UUID, *, limits: Limits | None = None
+        self,
+        command: Command,
+        owner_id: uuid.UUID,
+        *,
+        limits: Limits | None = None,
+        run_as: RunAs | None = None,
     ) -> uuid.UUID:
-        return self.worker.start(command, owner_id, limits=limits)
+        return self.worker.start(command, owner_id, limits=limits, run_as=run_as)
 
     async def stop(
         self, job_id: uuid.UUID, owner_id: uuid.UUID, grace: float | None = None

@@ -1,7 +1,7 @@
 """The exception tree.  Users catch ``JobworkerError``, or one precise leaf::
 
     JobworkerError
-    ├── InvalidCommand        (also ValueError)  the Command itself is malformed
+    ├── InvalidCommand        (also ValueError)  the Command (or its RunAs) is malformed
     ├── StartError            (also OSError)     the command could not be executed
     │   └── CommandNotFound                      no such executable
     ├── LimitError            (also ValueError)  a limit is malformed or not enforceable here
@@ -36,7 +36,7 @@ class JobworkerError(Exception):
 
 
 class InvalidCommand(JobworkerError, ValueError):
-    """The command is malformed (empty name, NUL byte, ...)."""
+    """The command is malformed (empty name, NUL byte, ...), or the user to run it as."""
 
 
 class StartError(JobworkerError, OSError):

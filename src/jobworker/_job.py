@@ -31,7 +31,7 @@ from collections.abc import Callable
 from ._capture import LogFile, LogWriteError, OutputPipe
 from ._errors import JobNotRunning
 from ._fds import above_stdio
-from ._model import Command, JobInfo, Limits, Status, StopType
+from ._model import Command, JobInfo, Limits, RunAs, Status, StopType
 from ._pipewatch import PipeSource
 from ._process import Process
 from ._reactor import Reactor, Timer
@@ -61,11 +61,13 @@ class Job:
         logfile: LogFile,
         group: JobGroup,
         reactor: Reactor,
+        run_as: RunAs | None = None,
     ) -> None:
         self.id = job_id
         self.owner_id = owner_id
         self.command = command
         self.limits = limits
+        self.run_as = run_as
         self.pid = process.pid
         assert logfile.path is not None
         self.log_path = logfile.path
@@ -179,6 +181,7 @@ class Job:
             ended_at=ended_at,
             limits=self.limits,
             usage=self._group.usage(),
+            run_as=self.run_as,
         )
 
     # -- stop ---------------------------------------------------------------------------

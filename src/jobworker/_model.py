@@ -1,4 +1,4 @@
-"""The seed's data model: Command, Status, StopType, JobInfo, plus Limits and Usage.
+"""The seed's data model: Command, Status, StopType, JobInfo, plus Limits, RunAs and Usage.
 
 Everything here is an immutable value.  The live, mutable side of a job lives in
 ``_job.py``; a ``JobInfo`` is a snapshot of it taken under the job's lock.
@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Command", "JobInfo", "Limits", "State", "Status", "StopType", "Usage"]
+from ._errors import InvalidCommand
+
+__all__ = ["Command", "JobInfo", "Limits", "RunAs", "State", "Status", "StopType", "Usage"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,49 @@ class Limits:
         )
 
 
+# (uid_t)-1 is not an id: it means "leave unchanged" to the kernel's set*id calls.
+_ID_MAX = 2**32 - 2
+_NGROUPS_MAX = 65536  # the kernel's NGROUPS_MAX
+
+
+def _check_id(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _ID_MAX:
+        raise InvalidCommand(f"run_as: {what} must be an int from 0 to {_ID_MAX}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The user a job runs as: ``uid``, ``gid`` and supplementary ``groups`` (none by
+    default, whatever the user's entry in /etc/group says).
+
+    The job's process creates its log and joins its cgroups as the worker's user, then
+    takes these ids (groups, group, user, in that order), and only then changes to the
+    command's ``cwd`` and executes the program, both with the job's own permissions.
+    Taking another user's ids needs root (``CAP_SETUID``/``CAP_SETGID``); so does
+    setting the groups, even to none.  Raises ``InvalidCommand`` for an id that is not
+    an int in range.
+    """
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_id("uid", self.uid)
+        _check_id("gid", self.gid)
+        try:
+            groups = tuple(self.groups)
+        except TypeError:
+            raise InvalidCommand(
+                f"run_as: groups must be a sequence of group ids, not {self.groups!r}"
+            ) from None
+        if len(groups) > _NGROUPS_MAX:
+            raise InvalidCommand(f"run_as: at most {_NGROUPS_MAX} groups, not {len(groups)}")
+        for g in groups:
+            _check_id("group", g)
+        object.__setattr__(self, "groups", groups)
+
+
 @dataclass(frozen=True)
 class Usage:
     """Resource accounting of a job's cgroup; ``None`` where this machine cannot tell."""
@@ -155,3 +200,4 @@ class JobInfo:
     ended_at: float | None  # time.time() when the job counted as ended
     limits: Limits = field(default_factory=Limits)
     usage: Usage = field(default_factory=Usage)
+    run_as: RunAs | None = None  # None: the worker's own user

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import _spawn
 from ._capture import log_base
 from ._errors import CommandNotFound, InvalidCommand, StartError
-from ._model import Command
+from ._model import Command, RunAs
 
 __all__ = ["Process", "encode_env", "prepare"]
 
@@ -97,13 +97,16 @@ class Process:
         cgroup_procs: Sequence[str],
         log_dir: Path,
         log_dir_fd: int,
+        run_as: RunAs | None = None,
         nofile: int = -1,
     ) -> tuple[Process, int, str]:
         """Start the process, and create its log in ``log_dir`` (``log_dir_fd``).
 
-        ``nofile``: the soft ``RLIMIT_NOFILE`` it gets (-1: the worker's).  Returns the
-        process, the log's fd and the log's name.
+        ``run_as``: the user the program runs as (None: the worker's).  ``nofile``: the
+        soft ``RLIMIT_NOFILE`` it gets (-1: the worker's).  Returns the process, the
+        log's fd and the log's name.
         """
+        ids = None if run_as is None else (run_as.uid, run_as.gid, run_as.groups)
         pid, pidfd, log_fd, log_name, stage, err = _spawn.spawn(
             paths,
             argv,
@@ -113,12 +116,12 @@ class Process:
             cgroup_procs,
             log_dir_fd,
             log_base(command.name),
-            None,
+            ids,
             nofile,
         )
         if stage == _spawn.STAGE_OK:
             return cls(pid, pidfd), log_fd, os.fsdecode(log_name)
-        raise _start_error(command, paths, stage, err, log_dir)
+        raise _start_error(command, paths, stage, err, log_dir, run_as)
 
     def send(self, sig: int, *, group: bool) -> None:
         """Signal the process (and its whole process group), unless already reaped."""
@@ -174,6 +177,7 @@ def _start_error(
     stage: int,
     err: int,
     log_dir: Path,
+    run_as: RunAs | None = None,
 ) -> StartError:
     name = command.name
     if stage == _spawn.STAGE_LOG:
@@ -184,6 +188,13 @@ def _start_error(
         return StartError(err, f"cannot change directory to {command.cwd}: {os.strerror(err)}")
     if stage == _spawn.STAGE_CGROUP:
         return StartError(err, f"cannot join the job's cgroup: {os.strerror(err)}")
+    if run_as is not None and stage in (_spawn.STAGE_GROUPS, _spawn.STAGE_GID, _spawn.STAGE_UID):
+        what, value = {
+            _spawn.STAGE_GROUPS: ("supplementary groups", str(list(run_as.groups))),
+            _spawn.STAGE_GID: ("group id", str(run_as.gid)),
+            _spawn.STAGE_UID: ("user id", str(run_as.uid)),
+        }[stage]
+        return StartError(err, f"cannot set the job's {what} to {value}: {os.strerror(err)}")
     if stage == _spawn.STAGE_DIED:
         how = f"was killed by signal {err}" if err else "exited"
         # ESRCH: the process is gone; err is a signal number, not an errno.

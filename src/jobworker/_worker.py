@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ._capture import LogFile, OutputPipe
-from ._errors import JobNotFound, StartError, WorkerClosed
+from ._errors import InvalidCommand, JobNotFound, StartError, WorkerClosed
 from ._fds import above_stdio
 from ._follow import AsyncLogReader, LogReader
 from ._job import Job
-from ._model import Command, JobInfo, Limits
+from ._model import Command, JobInfo, Limits, RunAs
 from ._process import Process, encode_env, prepare
 from ._reactor import Reactor
 from ._rescontrol import ResourceControl, detect
@@ -127,20 +127,28 @@ class Worker:
     # -- the seed's four operations, plus list --------------------------------------------
 
     def start(
-        self, command: Command, owner_id: uuid.UUID, *, limits: Limits | None = None
+        self,
+        command: Command,
+        owner_id: uuid.UUID,
+        *,
+        limits: Limits | None = None,
+        run_as: RunAs | None = None,
     ) -> uuid.UUID:
         """Start ``command`` as a new job of ``owner_id``; return the job's id.
 
+        ``run_as``: the user the job runs as (see ``RunAs``; None: the worker's own).
         Raises ``InvalidCommand``, ``StartError`` (``CommandNotFound``) or ``LimitError``;
         when it raises, nothing was started and nothing is left behind.
         """
         limits = limits or Limits()
+        if run_as is not None and not isinstance(run_as, RunAs):
+            raise InvalidCommand(f"run_as must be a RunAs or None, not {run_as!r}")
         paths, argv, envp = prepare(command, self._env, self._envp)
         with self._lock:
             self._check_open()
             self._starting += 1  # close() waits for this start to register its job
         try:
-            job_id, job = self._start(command, owner_id, limits, paths, argv, envp)
+            job_id, job = self._start(command, owner_id, limits, run_as, paths, argv, envp)
             try:
                 job.attach()
             except OSError as e:
@@ -158,6 +166,7 @@ class Worker:
         command: Command,
         owner_id: uuid.UUID,
         limits: Limits,
+        run_as: RunAs | None,
         paths: list[str],
         argv: list[str],
         envp: Sequence[str | bytes],
@@ -179,6 +188,7 @@ class Worker:
                 group.procs_files,
                 self.log_dir,
                 self._log_dir_fd,
+                run_as,
                 self._job_nofile,
             )
             logfile = LogFile(log_fd, self.log_dir, self._log_dir_fd, log_name)
@@ -198,7 +208,9 @@ class Worker:
             if isinstance(e, OSError) and not isinstance(e, StartError):
                 raise StartError(e.errno, f"cannot start {command.name}: {e.strerror}") from e
             raise
-        job = Job(job_id, owner_id, command, limits, process, pipe, logfile, group, self._reactor)
+        job = Job(
+            job_id, owner_id, command, limits, process, pipe, logfile, group, self._reactor, run_as
+        )
         return job_id, job
 
     def stop(self, job_id: uuid.UUID, owner_id: uuid.UUID, grace: float | None = None) -> None:
