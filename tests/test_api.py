@@ -12,3 +12,9 @@ def test_one_base_exception() -> None:
         obj = getattr(jobworker, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, jobworker.JobworkerError)
+
+
+def test_run_as_is_public() -> None:
+    from jobworker._model import RunAs
+
+    assert "RunAs" in jobworker.__all__ and jobworker.RunAs is RunAs
