@@ -115,6 +115,7 @@ os._exit(0)
 
 
 @needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
 def test_names_planted_for_the_next_pid_do_not_block_its_start(log_dir: Path) -> None:
     # A private pid namespace makes the job's pid known beforehand: every numbered name
     # for it is taken (a thousand, as many as were once tried), and it still starts,
