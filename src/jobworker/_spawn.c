@@ -169,7 +169,8 @@ static char *put_hex64(char *at, const char *end, uint64_t v) {
 }
 
 /* fd, or a copy of it above stderr if it landed at 0-2 (see the module docstring);
- * -1 with errno set if it cannot be moved (it is closed then). */
+ * -1 with errno set if it cannot be moved (it is closed then).  For the pidfd: the
+ * child moves its log itself (create_log). */
 static int above_stdio(int fd) {
     if (fd > 2) return fd;
     int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
@@ -220,13 +221,17 @@ static int create_log(struct plan *p) {
         int fd = openat(p->log_dir_fd, p->log_name,
                         O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (fd >= 0) {
-            fd = above_stdio(fd);
-            if (fd < 0) {
-                int err = errno;
-                unlinkat(p->log_dir_fd, p->log_name, 0);
-                return err;
-            }
+            /* At once: from here on, a child that fails or is killed leaves the parent
+             * an fd to close and a name to remove.  (The copy above stderr is made
+             * before the original is closed, so the parent never closes a number that
+             * is no longer the log's.) */
             p->log_fd = fd;
+            if (fd <= 2) {
+                int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+                if (moved < 0) return errno;
+                p->log_fd = moved;
+                close(fd);
+            }
             return 0;
         }
         if (errno != EEXIST) return errno;
