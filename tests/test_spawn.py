@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sysconfig
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import seccomp
 
 from jobworker import Command, CommandNotFound, StartError, Status, Worker, _spawn
 
-from conftest import PY, FileGroups, live_children, wait_for_child
+from conftest import PY, FileGroups, live_children, open_fds, wait_for_child
 
 TESTS = str(Path(__file__).parent)
 SRC = Path(__file__).parents[1] / "src" / "jobworker"
@@ -235,6 +236,37 @@ def test_a_fork_in_another_thread_does_not_hold_a_starting_jobs_output_open(
 # -- a child that dies before exec (item 17) ------------------------------------------------
 
 
+def _at_the_gate(pid: int) -> bool:
+    """Whether the job's child ``pid`` sleeps in its "cgroup" join: it has left the
+    worker's session (setsid comes just before), and only opening the FIFO sleeps."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return os.getsid(pid) == pid and state == "S"
+    except (OSError, IndexError):
+        return False
+
+
+def _start_and_kill(w: Worker, owner: uuid.UUID, at_the_gate: bool) -> object:
+    """Start a job in another thread, SIGKILL its child (at once, or once it waits at the
+    gate), and return what start() returned or raised."""
+    started: dict[str, object] = {}
+
+    def start() -> None:
+        try:
+            started["job"] = w.start(Command("echo", ["hi"]), owner)
+        except BaseException as e:
+            started["job"] = e
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    child = wait_for_child()
+    while at_the_gate and not _at_the_gate(child):
+        time.sleep(0.001)
+    os.kill(child, signal.SIGKILL)
+    starter.join()
+    return started["job"]
+
+
 def test_a_child_killed_before_exec_is_a_start_error_and_leaves_nothing(
     log_dir: Path, owner: uuid.UUID, tmp_path: Path
 ) -> None:
@@ -242,24 +274,28 @@ def test_a_child_killed_before_exec_is_a_start_error_and_leaves_nothing(
     # ran, so this is no job.
     gate = tmp_path / "gate"
     os.mkfifo(gate)
-    started: dict[str, object] = {}
     with Worker(log_dir, resource_control=FileGroups(str(gate))) as w:
-
-        def start() -> None:
-            try:
-                started["job"] = w.start(Command("echo", ["hi"]), owner)
-            except BaseException as e:
-                started["job"] = e
-
-        starter = threading.Thread(target=start)
-        starter.start()
-        os.kill(wait_for_child(), signal.SIGKILL)
-        starter.join()
-        error = started["job"]
+        error = _start_and_kill(w, owner, at_the_gate=True)
         assert isinstance(error, StartError), error
         assert "killed by signal 9 before executing the program" in str(error)
         assert w.list(owner) == []
     assert list(log_dir.iterdir()) == []
+    assert live_children() == []
+
+
+def test_a_child_killed_while_it_creates_its_log_leaves_nothing(
+    log_dir: Path, owner: uuid.UUID, tmp_path: Path
+) -> None:
+    # Killed at once, the child often dies inside the openat that creates its log:
+    # the file exists and its fd is in the worker's table, but the child never said so.
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    fds = open_fds()
+    with Worker(log_dir, resource_control=FileGroups(str(gate))) as w:
+        for _ in range(30):
+            assert isinstance(_start_and_kill(w, owner, at_the_gate=False), StartError)
+            assert list(log_dir.iterdir()) == []
+    assert open_fds() == fds
     assert live_children() == []
 
 

@@ -34,6 +34,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -590,6 +591,35 @@ static int child_main(void *arg) {
     _exit(127);
 }
 
+/* A child killed while it created its log (inside openat, or before it recorded the fd)
+ * leaves the log on disk and its fd in the worker's table, unrecorded.  The name it was
+ * trying is in the plan; the fds are found by the file's identity (a planted file of
+ * that name is held by none of them).  Only on this rare path, so a walk of
+ * /proc/self/fd is cheap enough. */
+static void remove_unrecorded_log(struct plan *p) {
+    struct stat log, st;
+    if (!p->log_name[0] ||
+        fstatat(p->log_dir_fd, p->log_name, &log, AT_SYMLINK_NOFOLLOW) < 0 ||
+        !S_ISREG(log.st_mode))
+        return;
+    DIR *dir = opendir("/proc/self/fd");
+    if (!dir) return;
+    int found = 0, own = dirfd(dir);
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        int fd = atoi(e->d_name);
+        if (fd != own && fstat(fd, &st) == 0 && st.st_dev == log.st_dev &&
+            st.st_ino == log.st_ino) {
+            close(fd);
+            found = 1;
+        }
+    }
+    closedir(dir);
+    if (found) unlinkat(p->log_dir_fd, p->log_name, 0);
+    p->log_fd = -1;
+}
+
 /* Take down a child that started but cannot be handed over, and its log. */
 static void undo_start(struct plan *p, pid_t pid, int pidfd) {
     if (pidfd >= 0) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
@@ -722,13 +752,13 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
         }
         if (p.pidfd >= 0) close(p.pidfd);
-        if (p.log_fd >= 0) {
-            unlinkat(log_dir_fd, p.log_name, 0);
-            close(p.log_fd);
-        }
         if (p.stage == STAGE_PENDING) {
+            remove_unrecorded_log(&p);
             p.stage = STAGE_DIED;
             p.err = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+        } else if (p.log_fd >= 0) {
+            unlinkat(log_dir_fd, p.log_name, 0);
+            close(p.log_fd);
         }
     } else if (pid > 0 && p.pidfd <= 2) {
         int moved = above_stdio(p.pidfd);
