@@ -188,3 +188,43 @@ def wait_for_child(timeout: float = 10.0) -> int:
         time.sleep(0.005)
     assert len(kids) == 1, kids
     return kids[0]
+
+
+# -- the command line ----------------------------------------------------------------------
+
+# The console script `pip install` made, beside this interpreter: the CLI as users run it.
+JOBWORKER = str(Path(sys.executable).with_name("jobworker"))
+
+# What the library says once per worker where it has no cgroups; tests of the CLI's
+# messages look past it, so that they also pass without root.
+NO_CGROUPS_WARNING = "jobs are contained by their process group only"
+
+
+def jobworker(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``jobworker ARGS...`` to its end; stdout and stderr captured as bytes."""
+    return subprocess.run(
+        [JOBWORKER, *args],
+        capture_output=True,
+        env=None if env is None else {**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+
+
+def stderr_lines(stderr: bytes) -> list[str]:
+    """jobworker's lines on stderr, never a traceback; each one says ``jobworker: ...``."""
+    text = stderr.decode()
+    assert "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if NO_CGROUPS_WARNING not in line]
+    for line in lines:
+        assert line.startswith("jobworker: "), text
+    return lines
+
+
+def error_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    """The one line on stderr of a command that failed, without its ``jobworker: ``."""
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, lines
+    return lines[0].removeprefix("jobworker: ")
