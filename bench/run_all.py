@@ -20,7 +20,16 @@ import _common as c
 
 # scale goes last: it deletes ~20,000 logs at its end, which slows file creation for a
 # while on ext4 without a journal (see _common.file_create_us).
-BENCHMARKS = ["capture", "long_line", "start_rate", "latency", "chatty", "readers", "scale"]
+BENCHMARKS = [
+    "capture",
+    "long_line",
+    "start_rate",
+    "latency",
+    "chatty",
+    "readers",
+    "cli_startup",
+    "scale",
+]
 QUIET = 0.15  # cores
 
 
