@@ -142,6 +142,9 @@ class PipeWatcher:
         source.armed = True
         self._armed[source.fd] = source
 
+    def armed_sources(self) -> list[PipeSource]:
+        return list(self._armed.values())
+
     def pending(self, source: PipeSource) -> bool:
         """Whether ``source``'s pipe holds data (``FIONREAD``: it does not poll)."""
         buf = bytearray(4)

@@ -13,6 +13,13 @@ reaping the same pid mutually exclusive without locks.
 Other threads hand work over with ``call_soon`` (woken through an eventfd) and may
 ``register``/``unregister`` directly: ``epoll_ctl`` is safe to call while another
 thread sits in ``epoll_wait``.
+
+A callback that raises is logged, and never left armed: epoll is level-triggered, so a
+handler that failed on a ready fd would be called again at once, and fail again, for
+ever (a job whose exit handler could not open a file, out of descriptors, once spun the
+thread at full CPU).  So an fd whose handler raised is unwatched (its owner still closes
+it), and a failed pipe watcher leaves every pipe to epoll.  Owners whose work can fail
+for a while (out of descriptors) retry it on a timer themselves.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ class Reactor:
         self._close_lock = threading.Lock()
         self._runnable: collections.deque[PipeSource] = collections.deque()
         self._watcher: PipeWatcher | None = None  # set up on the thread: see _setup
+        self._watcher_fd = -1
         # Scratch space for callbacks: they run one at a time on this thread, so one
         # buffer serves every job's output copy.
         self.scratch = bytearray(SCRATCH_SIZE)
@@ -88,6 +96,7 @@ class Reactor:
             log.warning("jobworker: no signals for pipes (%s); polling them with epoll", e)
         else:
             self._epoll.register(self._watcher.fd, select.EPOLLIN)
+            self._watcher_fd = self._watcher.fd
         self._set_up.set()
 
     @property
@@ -115,18 +124,23 @@ class Reactor:
         The last writer closing *before* the arming sends nothing: whoever knows the
         writers are gone (the job, from its pidfd) calls ``poke_pipe``.
         """
-        if self._watcher is None:
+        watcher = self._watcher
+        if watcher is None:
             self._poll_pipe(source)
             return
         try:
-            self._watcher.add(source)
-            self._watcher.arm(source)
+            watcher.add(source)
+            watcher.arm(source)
         except OSError as e:
             log.warning("jobworker: cannot arm pipe fd %d (%s); polling it", source.fd, e)
             self._poll_pipe(source)
             return
-        # Data written before the arming sent no signal.
-        if self._watcher.pending(source):
+        if self._watcher is None:
+            # The watcher failed while this thread armed the pipe: it may have missed it.
+            watcher.disarm(source)
+            self.call_soon(lambda: self._poll_pipe(source))
+        elif watcher.pending(source):
+            # Data written before the arming sent no signal.
             self.call_soon(lambda: self._on_signals(source, 2))
 
     def poke_pipe(self, source: PipeSource) -> None:
@@ -147,6 +161,10 @@ class Reactor:
 
     def _poll_pipe(self, source: PipeSource) -> None:
         # The fallback: level-triggered epoll calls on_ready while the pipe has data.
+        if source.closed or source.polled:
+            return
+        if self._watcher is not None:
+            self._watcher.disarm(source)
         source.polled = True
         os.set_blocking(source.fd, False)
 
@@ -154,6 +172,22 @@ class Reactor:
             source.on_ready()
 
         self.register(source.fd, select.EPOLLIN, on_event)
+
+    def _watcher_failed(self) -> None:
+        """The signalfd could not be read: left in epoll it would stay ready, and its
+        failure repeat for ever.  Every pipe goes to epoll instead."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return
+        log.error("jobworker: the pipe watcher failed; polling every pipe with epoll")
+        self._watcher_fd = -1
+        with contextlib.suppress(OSError):
+            self._epoll.unregister(watcher.fd)
+        for source in watcher.armed_sources():
+            watcher.disarm(source)
+            self._guard(self._poll_pipe, source)
+        # Pipes being read unarmed (queued) go to epoll when their turn ends.
+        watcher.close()
 
     def _service(self, source: PipeSource) -> None:
         """A turn of a busy pipe: read; once a read finds it empty, arm it."""
@@ -164,7 +198,9 @@ class Reactor:
             return
         if source.closed:
             return
-        assert self._watcher is not None
+        if self._watcher is None:
+            self._poll_pipe(source)
+            return
         self._watcher.arm(source)
         # A write made between the empty read and the arming sent no signal.  If there
         # was one, the writer is still busy: back to reading it unarmed.
@@ -183,8 +219,8 @@ class Reactor:
         if count > 1:
             # A busy writer: each of its writes costs it a signal while the pipe is
             # armed.  Disarm (the watcher did already), and read until it is empty.
-            assert self._watcher is not None
-            self._watcher.disarm(source)
+            if self._watcher is not None:
+                self._watcher.disarm(source)
             self._queue(source)
         elif source.armed:
             # One write (a line, say): read it and stay armed, which costs no system
@@ -193,8 +229,8 @@ class Reactor:
 
     def _read_armed(self, source: PipeSource) -> None:
         if source.on_ready() >= SCRATCH_SIZE and not source.closed:
-            assert self._watcher is not None
-            self._watcher.disarm(source)
+            if self._watcher is not None:
+                self._watcher.disarm(source)
             self._queue(source)
 
     def _queue(self, source: PipeSource) -> None:
@@ -255,7 +291,6 @@ class Reactor:
     def _run(self) -> None:
         self._setup()
         handlers = self._handlers
-        watcher_fd = -1 if self._watcher is None else self._watcher.fd
         runnable = self._runnable
         while not self._closing:
             try:
@@ -267,12 +302,13 @@ class Reactor:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(self._wake_fd)
                     continue
-                if fd == watcher_fd:
-                    self._guard(self._on_watcher)
+                if fd == self._watcher_fd:
+                    if not self._guard(self._on_watcher):
+                        self._watcher_failed()
                     continue
                 handler = handlers.get(fd)
-                if handler is not None:
-                    self._guard(handler, mask)
+                if handler is not None and not self._guard(handler, mask):
+                    self.unregister(fd)
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 self._guard(heapq.heappop(self._timers)[2]._run)
@@ -286,9 +322,12 @@ class Reactor:
                 self._guard(self._service, source)
 
     @staticmethod
-    def _guard(fn: Callable[..., None], *args: object) -> None:
+    def _guard(fn: Callable[..., object], *args: object) -> bool:
+        """Run a callback; False if it raised (logged)."""
         try:
             fn(*args)
         except Exception:
             # One job's failure must not stop the supervision of all the others.
             log.exception("jobworker: internal error in the reactor")
+            return False
+        return True
