@@ -385,3 +385,49 @@ def test_without_cgroups_an_escapee_holding_the_output_cannot_hold_the_job_open(
     finally:
         os.kill(escapee, signal.SIGKILL)  # a descendant of our own job
         assert dies(escapee) or not pid_alive(escapee)
+
+
+def _start_with_escapee(w: Worker, owner: uuid.UUID, fifo: Path) -> tuple[uuid.UUID, int]:
+    """A job whose main process exits at once, leaving a process outside its process
+    group (and, without cgroups, out of the worker's reach) holding its output: the job
+    stays running for ORPHAN_GRACE after its main process is gone.  Returns the job and
+    the escapee's pid (the caller kills it)."""
+    os.mkfifo(fifo)
+    code = f"setsid sh -c 'echo $$; echo > {fifo}; exec sleep 1000' & read _ < {fifo}; echo done"
+    job = w.start(Command("sh", ["-c", code]), owner)
+    with w.stream(job, owner) as r:
+        out = b""
+        while not out.endswith(b"done\n"):
+            chunk = r.read(100)
+            assert chunk, out
+            out += chunk
+    return job, int(out.split()[0])
+
+
+def test_a_second_close_returns_only_once_the_worker_is_closed(
+    log_dir: Path, owner: uuid.UUID
+) -> None:
+    from conftest import open_fds
+
+    fds_before = open_fds()
+    w = Worker(log_dir, resource_control=NoCgroups("test"))
+    # Its escapee keeps the job open for ORPHAN_GRACE after its main process is killed,
+    # so the first close() is still waiting when the second one comes.
+    job, escapee = _start_with_escapee(w, owner, log_dir.parent / "fifo")
+    first = threading.Thread(target=w.close)
+    try:
+        first.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                w.query(job, owner)
+            except WorkerClosed:
+                break  # the first close() has begun
+            time.sleep(0.001)
+        w.close()
+        assert open_fds() == fds_before  # every job and the reactor are gone
+        first.join(10)
+        assert not first.is_alive()
+    finally:
+        os.kill(escapee, signal.SIGKILL)
+    assert dies(escapee) or not pid_alive(escapee)

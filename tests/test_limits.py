@@ -252,8 +252,9 @@ def test_next_worker_cleans_up_after_a_crashed_one(log_dir: Path, owner: uuid.UU
         "import sys, uuid\n"
         "from jobworker import Command, Worker\n"
         "w = Worker(sys.argv[1])\n"
-        "j = w.start(Command('sleep', ['1000']), uuid.uuid4())\n"
-        "print(w._get(j, w._jobs[j].owner_id).pid, flush=True)\n"
+        "o = uuid.uuid4()\n"
+        "j = w.start(Command('sleep', ['1000']), o)\n"
+        "print(w.query(j, o).pid, flush=True)\n"
         "sys.stdin.read()\n"
     )
     crashed = subprocess.Popen(

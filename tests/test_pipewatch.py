@@ -52,7 +52,7 @@ def test_a_pipe_is_enlarged_only_for_bulk_output(worker: Worker, owner: uuid.UUI
     # Quiet jobs keep the kernel's default pipe; one that writes in bulk gets the large
     # pipe that capture speed depends on.
     def pipe_size(job: uuid.UUID) -> int:
-        return fcntl.fcntl(worker._jobs[job]._pipe.read_fd, fcntl.F_GETPIPE_SZ)
+        return fcntl.fcntl(worker.jobs.get(job, owner)._pipe.read_fd, fcntl.F_GETPIPE_SZ)
 
     rest = "print('done', flush=True); import time; time.sleep(30)"
     quiet = worker.start(Command(PY, ["-c", "print('a line')\n" + rest]), owner)

@@ -184,7 +184,7 @@ def test_a_failing_wake_up_leaves_other_readers_awake(
     def fail() -> None:
         raise RuntimeError("a broken waiter")
 
-    assert worker._jobs[job].wait_for_more(0, fail)  # first in line for the next bytes
+    assert worker.jobs.get(job, owner).wait_for_more(0, fail)  # first in line for the next bytes
     got: list[bytes] = []
     with worker.stream(job, owner) as r:
         t = threading.Thread(target=lambda: got.append(r.read(1)))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import (
     CommandNotFound,
+    InvalidArgument,
     InvalidCommand,
     JobNotFound,
     JobNotRunning,
@@ -36,6 +37,7 @@ __all__ = [
     "AsyncWorker",
     "Command",
     "CommandNotFound",
+    "InvalidArgument",
     "InvalidCommand",
     "JobGroup",
     "JobInfo",

@@ -1,7 +1,8 @@
 """The asyncio face of the Worker: the same core, awaited instead of blocked on.
 
-Nothing here supervises anything.  Each coroutine calls into the same ``Worker``;
-where the blocking API would wait (``stop`` until the job ends, a reader at EOF), this
+Nothing here supervises anything.  Each coroutine calls into the same ``Worker`` and
+looks jobs up in its owner-checked table (``Worker.jobs``); where the blocking API would
+wait (``stop`` until the job ends, a reader at EOF), this
 face hands the reactor a callback that resolves a future on the caller's event loop.
 ``start`` runs inline: it is bounded work (a clone and an exec) of well under a
 millisecond, cheaper than a hop to a thread.
@@ -15,7 +16,7 @@ import uuid
 from ._follow import AsyncLogReader, resolve_soon
 from ._job import Job
 from ._model import Command, JobInfo, Limits, RunAs
-from ._worker import Worker, _check_grace
+from ._worker import Worker
 
 __all__ = ["AsyncWorker"]
 
@@ -54,14 +55,14 @@ class AsyncWorker:
     async def stop(
         self, job_id: uuid.UUID, owner_id: uuid.UUID, grace: float | None = None
     ) -> None:
-        grace = self.worker.grace if grace is None else _check_grace(grace)
-        job = self.worker._get(job_id, owner_id)
-        job.request_stop(grace)
+        """As ``Worker.stop``: returns once the job has ended."""
+        job = self.worker.jobs.get(job_id, owner_id)
+        job.request_stop(self.worker.grace if grace is None else grace)
         await _ended(job)
 
     async def wait(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> JobInfo:
         """Wait until the job has ended (every byte in its log); return its final info."""
-        job = self.worker._get(job_id, owner_id)
+        job = self.worker.jobs.get(job_id, owner_id)
         await _ended(job)
         return job.info()
 
@@ -74,7 +75,7 @@ class AsyncWorker:
     def stream(self, job_id: uuid.UUID, owner_id: uuid.UUID, offset: int = 0) -> AsyncLogReader:
         """An async reader of the job's output from byte ``offset`` (call from a running
         event loop)."""
-        return self.worker._stream_async(job_id, owner_id, offset)
+        return AsyncLogReader(self.worker.jobs.get(job_id, owner_id), offset)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.worker.close)

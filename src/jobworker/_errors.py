@@ -5,6 +5,7 @@
     ├── StartError            (also OSError)     the command could not be executed
     │   └── CommandNotFound                      no such executable
     ├── LimitError            (also ValueError)  a limit is malformed or not enforceable here
+    ├── InvalidArgument       (also ValueError)  another argument is malformed: an id, a grace
     ├── JobNotFound           (also LookupError) no such job *for this owner*
     ├── JobNotRunning                            stop of a job that has already ended
     ├── LogUnavailable                           the job's log is gone, replaced or cut short
@@ -20,6 +21,7 @@ import uuid
 
 __all__ = [
     "CommandNotFound",
+    "InvalidArgument",
     "InvalidCommand",
     "JobNotFound",
     "JobNotRunning",
@@ -52,6 +54,11 @@ class CommandNotFound(StartError):
 
 class LimitError(JobworkerError, ValueError):
     """A limit is malformed, or this machine cannot enforce it."""
+
+
+class InvalidArgument(JobworkerError, ValueError):
+    """An argument other than the command or its limits is malformed: a job or owner id
+    that is not a ``uuid.UUID``, a grace that is not a duration."""
 
 
 class JobNotFound(JobworkerError, LookupError):

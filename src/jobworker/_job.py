@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 
 from ._capture import LogFile, LogWriteError, OutputPipe
-from ._errors import JobNotRunning
+from ._errors import InvalidArgument, JobNotRunning
 from ._fds import above_stdio
 from ._model import Command, JobInfo, Limits, RunAs, Status, StopType
 from ._pipewatch import PipeSource
@@ -37,7 +37,7 @@ from ._process import Process
 from ._reactor import Reactor, Timer
 from ._rescontrol import JobGroup
 
-__all__ = ["Job"]
+__all__ = ["Job", "check_grace"]
 
 log = logging.getLogger("jobworker")
 
@@ -47,6 +47,26 @@ log = logging.getLogger("jobworker")
 ORPHAN_GRACE = 2.0
 
 Waiter = Callable[[], None]
+
+
+def check_grace(grace: object) -> float:
+    """``grace`` in seconds (``math.inf``: never SIGKILL); ``InvalidArgument`` unless it
+    is a number >= 0."""
+    # True is an int, but stop(grace=True) is a mistake, not one second.  NaN compares
+    # false both ways: it would neither signal now nor set a timer.
+    if (
+        isinstance(grace, bool)
+        or not isinstance(grace, int | float)
+        or (isinstance(grace, float) and math.isnan(grace))
+        or grace < 0
+    ):
+        raise InvalidArgument(
+            f"grace must be a number of seconds >= 0 (inf: never SIGKILL), not {grace!r}"
+        )
+    try:
+        return float(grace)
+    except OverflowError:  # an int beyond any float: longer than anyone waits
+        return math.inf
 
 
 class Job:
@@ -186,12 +206,13 @@ class Job:
 
     # -- stop ---------------------------------------------------------------------------
 
-    def request_stop(self, grace: float) -> None:
+    def request_stop(self, grace: object) -> None:
         """Ask for a stop (from any thread); raises if the main process already exited."""
+        seconds = check_grace(grace)
         with self.lock:
             if self._exited or self.ended.is_set():
                 raise JobNotRunning(self.id)
-        self._reactor.call_soon(lambda: self._begin_stop(grace))
+        self._reactor.call_soon(lambda: self._begin_stop(seconds))
 
     def _begin_stop(self, grace: float) -> None:
         if self._exited:

@@ -7,8 +7,9 @@ Everything here is an immutable value.  The live, mutable side of a job lives in
 from __future__ import annotations
 
 import enum
+import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,25 +18,71 @@ from ._errors import InvalidCommand
 __all__ = ["Command", "JobInfo", "Limits", "RunAs", "State", "Status", "StopType", "Usage"]
 
 
-@dataclass(frozen=True)
+def _path_text(what: str, value: object) -> str:
+    """A ``str``, or the ``str`` of an ``os.PathLike`` (users pass ``Path`` objects)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise InvalidCommand(f"{what} must be a str or a path, not {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True, init=False)
 class Command:
     """What to run: an executable ``name`` and its ``args``, never a shell string.
 
     ``name`` is looked up in ``PATH`` (of the job's environment) unless it contains a
     ``/``.  ``env`` entries override or extend the inherited environment (a value of
     ``None`` removes the variable); ``cwd`` replaces the inherited working directory.
+    ``name``, each argument and ``cwd`` may be a ``str`` or a path (``pathlib.Path``);
+    they are kept as ``str``.
+
+    Values of the wrong type raise ``InvalidCommand`` here (a single string as ``args``
+    too: ``Command("echo", "hi")`` would otherwise run ``echo h i``); what a value holds
+    (an empty name, a NUL byte, text the system cannot encode) is checked by ``start``.
     """
 
     name: str
-    args: Sequence[str] = ()
-    env: Mapping[str, str | None] | None = None
-    cwd: str | None = None
+    args: tuple[str, ...]
+    env: Mapping[str, str | None] | None
+    cwd: str | None
 
-    def __post_init__(self) -> None:
-        # Freeze the sequences so a Command can be shared between threads safely.
-        object.__setattr__(self, "args", tuple(self.args))
-        if self.env is not None:
-            object.__setattr__(self, "env", dict(self.env))
+    def __init__(
+        self,
+        name: str | os.PathLike[str],
+        args: Iterable[str | os.PathLike[str]] = (),
+        env: Mapping[str, str | None] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if isinstance(args, str | bytes):
+            raise InvalidCommand(
+                f"args must be a sequence of arguments, not one {type(args).__name__}:"
+                f" Command(name, [arg, ...])"
+            )
+        try:
+            items = tuple(args)
+        except TypeError:
+            raise InvalidCommand(
+                f"args must be a sequence of arguments, not {type(args).__name__}"
+            ) from None
+        if env is not None:
+            if not isinstance(env, Mapping):
+                raise InvalidCommand(f"env must be a mapping, not {type(env).__name__}")
+            env = dict(env)  # a copy: a Command can be shared between threads safely
+            for k, v in env.items():
+                if not isinstance(k, str):
+                    raise InvalidCommand(
+                        f"environment variable names must be str, not {type(k).__name__}"
+                    )
+                if not (v is None or isinstance(v, str)):
+                    raise InvalidCommand(
+                        f"environment variable {k}: the value must be a str (None removes"
+                        f" the variable), not {type(v).__name__}"
+                    )
+        object.__setattr__(self, "name", _path_text("command name", name))
+        object.__setattr__(self, "args", tuple(_path_text("argument", a) for a in items))
+        object.__setattr__(self, "env", env)
+        object.__setattr__(self, "cwd", None if cwd is None else _path_text("cwd", cwd))
 
     @property
     def argv(self) -> list[str]:
@@ -121,7 +168,7 @@ class Limits:
     memory: int | None = None
     io_read_bps: int | None = None
     io_write_bps: int | None = None
-    io_path: str | None = None
+    io_path: str | os.PathLike[str] | None = None
     pids: int | None = None
 
     @property

@@ -27,6 +27,12 @@ __all__ = ["Process", "encode_env", "prepare"]
 def _check_text(what: str, value: str) -> None:
     if "\0" in value:
         raise InvalidCommand(f"{what} contains a NUL byte")
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError as e:
+        # A lone surrogate that no bytes decode to (only U+DC80-U+DCFF, from undecodable
+        # bytes, map back), or text the filesystem encoding lacks.
+        raise InvalidCommand(f"{what} cannot be encoded for the system: {e.reason}") from None
 
 
 def encode_env(env: Mapping[str, str]) -> list[bytes]:
@@ -46,12 +52,12 @@ def prepare(
     ``base_envp`` is ``encode_env(base_env)``, made once: most commands change nothing
     in the environment, and encoding it anew would cost each start several microseconds.
     """
-    if not isinstance(command.name, str) or not command.name:
+    if not isinstance(command, Command):
+        raise InvalidCommand(f"command must be a jobworker.Command, not {type(command).__name__}")
+    if not command.name:
         raise InvalidCommand("command name is empty")
     _check_text("command name", command.name)
     for a in command.args:
-        if not isinstance(a, str):
-            raise InvalidCommand(f"argument {a!r} is not a string")
         _check_text("argument", a)
     env: Mapping[str, str] = base_env
     envp: Sequence[str | bytes] = base_envp

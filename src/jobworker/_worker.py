@@ -1,15 +1,14 @@
-"""The seed's Worker: starts, stops, queries and streams jobs for several owners.
+"""The Worker: starts, stops, queries and streams jobs for several owners.
 
-The map of jobs is in memory.  Every lookup goes through ``_get(job_id, owner_id)``,
-which answers a job of another owner exactly as it answers an unknown id, so that
-no operation can tell another owner's job from a job that does not exist.
+Its jobs are in a ``JobTable`` (``_jobtable``), where every lookup checks ownership; the
+asyncio face (``_aio``) looks jobs up in the same table, so both faces share this one
+core without reaching into each other.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import resource
 import signal
@@ -19,10 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ._capture import LogFile, OutputPipe
-from ._errors import InvalidCommand, JobNotFound, StartError, WorkerClosed
+from ._errors import InvalidCommand, JobNotRunning, LimitError, StartError
 from ._fds import above_stdio
-from ._follow import AsyncLogReader, LogReader
-from ._job import Job
+from ._follow import LogReader
+from ._job import Job, check_grace
+from ._jobtable import JobTable, check_id
 from ._model import Command, JobInfo, Limits, RunAs
 from ._process import Process, encode_env, prepare
 from ._reactor import Reactor
@@ -62,15 +62,6 @@ def _raise_fd_limit() -> int:
         return _host_nofile
 
 
-def _check_grace(grace: float) -> float:
-    # NaN compares false both ways: it would neither signal now nor set a timer.
-    if not isinstance(grace, int | float) or math.isnan(grace) or grace < 0:
-        raise ValueError(
-            f"grace must be a number of seconds >= 0 (inf: never SIGKILL), not {grace!r}"
-        )
-    return float(grace)
-
-
 class Worker:
     """Runs jobs; thread-safe.  Use as a context manager, or call ``close()``.
 
@@ -89,12 +80,13 @@ class Worker:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.log_dir = Path(log_dir).absolute()
-        self.grace = _check_grace(grace)
+        self.grace = check_grace(grace)
         self._env = dict(os.environ if env is None else env)
         self._envp = encode_env(self._env)  # raises ValueError on a bad name or a NUL
-        self._jobs: dict[uuid.UUID, Job] = {}
-        self._lock = threading.Condition()
-        self._starting = 0  # starts under way, which close() waits for
+        self.jobs = JobTable()
+        """The owner-checked table of this worker's jobs (both faces look jobs up in it)."""
+        # Held for the whole of close(): a second close() waits for the first to finish.
+        self._closing = threading.Lock()
         self._closed = False
         self._job_nofile = _raise_fd_limit()
         # Logs are created relative to this descriptor, so the directory cannot be
@@ -137,28 +129,25 @@ class Worker:
         """Start ``command`` as a new job of ``owner_id``; return the job's id.
 
         ``run_as``: the user the job runs as (see ``RunAs``; None: the worker's own).
-        Raises ``InvalidCommand``, ``StartError`` (``CommandNotFound``) or ``LimitError``;
-        when it raises, nothing was started and nothing is left behind.
+        Raises ``InvalidCommand``, ``StartError`` (``CommandNotFound``), ``LimitError``
+        or ``InvalidArgument`` (an owner id that is not a ``uuid.UUID``); when it raises,
+        nothing was started and nothing is left behind.
         """
-        limits = limits or Limits()
+        check_id("owner id", owner_id)
+        if limits is None:
+            limits = Limits()
+        elif not isinstance(limits, Limits):
+            raise LimitError(f"limits must be a jobworker.Limits, not {type(limits).__name__}")
         if run_as is not None and not isinstance(run_as, RunAs):
             raise InvalidCommand(f"run_as must be a RunAs or None, not {run_as!r}")
         paths, argv, envp = prepare(command, self._env, self._envp)
-        with self._lock:
-            self._check_open()
-            self._starting += 1  # close() waits for this start to register its job
-        try:
+        with self.jobs.starting():  # close() waits for this start to add its job
             job_id, job = self._start(command, owner_id, limits, run_as, paths, argv, envp)
             try:
                 job.attach()
             except OSError as e:
                 raise StartError(e.errno, f"cannot start {command.name}: {e.strerror}") from e
-            with self._lock:
-                self._jobs[job_id] = job
-        finally:
-            with self._lock:
-                self._starting -= 1
-                self._lock.notify_all()
+            self.jobs.add(job)
         return job_id
 
     def _start(
@@ -218,11 +207,10 @@ class Worker:
 
         Returns once the job has ended.  ``grace=0`` kills at once, ``math.inf`` never
         (SIGTERM only).  Raises ``JobNotRunning`` if the job's main process has already
-        exited, ``ValueError`` for a negative or NaN grace.
+        exited, ``InvalidArgument`` for a grace that is not a number of seconds >= 0.
         """
-        grace = self.grace if grace is None else _check_grace(grace)
-        job = self._get(job_id, owner_id)
-        job.request_stop(grace)
+        job = self.jobs.get(job_id, owner_id)
+        job.request_stop(self.grace if grace is None else grace)
         job.ended.wait()
 
     def wait(self, job_id: uuid.UUID, owner_id: uuid.UUID, timeout: float | None = None) -> JobInfo:
@@ -230,61 +218,45 @@ class Worker:
 
         Raises ``TimeoutError`` if it has not ended within ``timeout`` seconds.
         """
-        job = self._get(job_id, owner_id)
+        job = self.jobs.get(job_id, owner_id)
         if not job.ended.wait(timeout):
             raise TimeoutError(f"job {job_id} has not ended within {timeout} s")
         return job.info()
 
     def query(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> JobInfo:
-        return self._get(job_id, owner_id).info()
+        return self.jobs.get(job_id, owner_id).info()
 
     def stream(self, job_id: uuid.UUID, owner_id: uuid.UUID, offset: int = 0) -> LogReader:
         """A reader of the job's output from byte ``offset`` (0: the first), following it
         live until the job has ended and every byte is read."""
-        return LogReader(self._get(job_id, owner_id), offset)
+        return LogReader(self.jobs.get(job_id, owner_id), offset)
 
     def list(self, owner_id: uuid.UUID) -> list[JobInfo]:
-        with self._lock:
-            jobs = [j for j in self._jobs.values() if j.owner_id == owner_id]
-        return [j.info() for j in jobs]
-
-    # -- for the asyncio face --------------------------------------------------------------
-
-    def _get(self, job_id: uuid.UUID, owner_id: uuid.UUID) -> Job:
-        self._check_open()
-        with self._lock:
-            job = self._jobs.get(job_id)
-        if job is None or job.owner_id != owner_id:
-            raise JobNotFound(job_id)
-        return job
-
-    def _stream_async(
-        self, job_id: uuid.UUID, owner_id: uuid.UUID, offset: int = 0
-    ) -> AsyncLogReader:
-        return AsyncLogReader(self._get(job_id, owner_id), offset)
+        return [j.info() for j in self.jobs.owned_by(owner_id)]
 
     # -- lifetime --------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise WorkerClosed("the worker is closed")
-
     def close(self) -> None:
-        """Kill every running job, wait for each to end, release all resources."""
-        with self._lock:
+        """Kill every running job, wait for each to end, release all resources.
+
+        Any number of threads may call it; each call returns only once the worker is
+        fully closed (a second call waits for the first).
+        """
+        with self._closing:
             if self._closed:
                 return
-            self._closed = True
-            self._lock.wait_for(lambda: self._starting == 0)
-            jobs = list(self._jobs.values())
-        for job in jobs:
-            with contextlib.suppress(Exception):
-                job.request_stop(0)
-        for job in jobs:
-            job.ended.wait()
-        self._reactor.close()
-        self.resource_control.close()
-        os.close(self._log_dir_fd)
+            jobs = self.jobs.close()
+            for job in jobs:
+                with contextlib.suppress(JobNotRunning):
+                    job.request_stop(0)
+            for job in jobs:
+                job.ended.wait()
+            try:
+                self._reactor.close()
+                self.resource_control.close()
+            finally:
+                self._closed = True
+                os.close(self._log_dir_fd)
 
     def __enter__(self) -> Worker:
         return self

@@ -109,7 +109,8 @@ def check_limits(limits: Limits, sys_root: str = "/sys") -> CheckedLimits:
         cpu: object = limits.cpu
         if isinstance(cpu, bool) or not isinstance(cpu, int | float):
             raise LimitError(f"cpu must be a number of cores, not {cpu!r}")
-        if not math.isfinite(cpu) or cpu <= 0:
+        # (An int is not passed to isfinite: one beyond any float would overflow it.)
+        if (isinstance(cpu, float) and not math.isfinite(cpu)) or cpu <= 0:
             raise LimitError(f"cpu must be a positive finite number of cores, not {cpu}")
         quota = round(cpu * CPU_PERIOD_US)
         if quota < MIN_CPU_QUOTA_US:
@@ -132,9 +133,15 @@ def check_limits(limits: Limits, sys_root: str = "/sys") -> CheckedLimits:
         wbps = _check_int("io_write_bps", limits.io_write_bps, 1, MAX_BPS, " bytes/s")
     device = None
     if rbps is not None or wbps is not None:
-        if not limits.io_path:
+        io_path: object = limits.io_path
+        if isinstance(io_path, os.PathLike):
+            io_path = os.fspath(io_path)
+        if not io_path:
             raise LimitError("io limits need io_path, a path on the block device to throttle")
-        device = block_device(limits.io_path, sys_root)
+        if not isinstance(io_path, str):
+            # (os.stat would take an int for a file descriptor of the worker's.)
+            raise LimitError(f"io_path must be a str or a path, not {type(io_path).__name__}")
+        device = block_device(io_path, sys_root)
     return CheckedLimits(quota, memory, device, rbps, wbps, pids)
 
 
