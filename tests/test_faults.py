@@ -1,19 +1,25 @@
-"""Faults of the host around the worker: failing callbacks."""
+"""Faults of the host around the worker: out of descriptors, failing callbacks."""
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import select
+import subprocess
 import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
-from jobworker import Command, Status, Worker
+from jobworker import Command, Status, Worker, detect
 from jobworker._reactor import Reactor
+
+from conftest import PY
+
+CONTROL = detect()
 
 
 def turns(reactor: Reactor, n: int = 5) -> None:
@@ -76,3 +82,83 @@ def test_a_failing_pipe_watcher_leaves_the_pipes_to_epoll(
         assert worker.query(before, owner).status == Status.exited(0)
     assert caplog.text.count("internal error in the reactor") == 1
     assert caplog.text.count("the pipe watcher failed") == 1
+
+
+# The host of the next test.  Its descriptors 0..LIMIT-1 are all taken before the job
+# starts, so that everything of the job (pipe, pidfd, log) lies above LIMIT; then the
+# limit drops to LIMIT, and no file can be opened (closing one of the job's would not
+# help: a number above the limit cannot be handed out).
+EMFILE_HOST = """
+import json, logging, os, resource, signal, sys, time, uuid
+from jobworker import Command, Worker, detect
+
+LIMIT = 512
+messages = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        messages.append(record.getMessage())
+logging.getLogger("jobworker").addHandler(Keep())
+logging.getLogger("jobworker").propagate = False
+
+owner = uuid.uuid4()
+w = Worker(sys.argv[1], resource_control=detect())
+base = os.open("/dev/null", os.O_RDONLY)
+fillers = [base]
+while fillers[-1] < LIMIT - 1:
+    fillers.append(os.dup(base))
+code = "setsid sleep 1000 & echo $!; exec sleep 1000"
+job = w.start(Command("sh", ["-c", code]), owner)
+with w.stream(job, owner) as r:
+    leftover = int(r.read(100))
+while open(f"/proc/{leftover}/stat").read().rsplit(")", 1)[1].split()[3] != str(leftover):
+    time.sleep(0.01)  # not in its own session yet
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, hard))
+try:
+    os.dup(base)
+    full = False
+except OSError as e:
+    full = e.errno == 24  # EMFILE
+os.kill(w.query(job, owner).pid, signal.SIGKILL)  # the main process exits
+time.sleep(1.0)
+during = list(messages)
+running = w.query(job, owner).status.state.value
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+info = w.wait(job, owner, timeout=30)
+try:
+    pidfd = os.pidfd_open(leftover)
+except ProcessLookupError:
+    leftover_dead = True
+else:
+    import select
+    leftover_dead = bool(select.select([pidfd], [], [], 10)[0])
+    os.close(pidfd)
+for fd in fillers:
+    os.close(fd)
+w.close()
+print(json.dumps({
+    "full": full, "during": during[:5], "during_count": len(during),
+    "running": running, "status": str(info.status), "leftover_dead": leftover_dead,
+}))
+"""
+
+
+@pytest.mark.skipif(CONTROL.name == "none", reason="needs cgroups (killing them opens files)")
+def test_out_of_descriptors_the_reactor_does_not_spin_and_the_job_still_ends(
+    log_dir: Path,
+) -> None:
+    # The main process exits while a setsid leftover holds the pipe: killing the
+    # cgroup means opening cgroup.kill, which fails with EMFILE.  That must neither
+    # leave the exit armed (a spin at full CPU, a traceback each time) nor lose the
+    # job: it ends, and the leftover dies, once descriptors are free again.
+    run = subprocess.run(
+        [PY, "-c", EMFILE_HOST, str(log_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["full"], "the host's descriptor table was not full"
+    assert out["running"] == "running"  # cannot end while its leftover may still run
+    # One warning, not one traceback per epoll turn.
+    assert out["during_count"] <= 3, out["during"]
+    assert out["status"] == "signaled(9)"
+    assert out["leftover_dead"]

@@ -2,10 +2,10 @@
 
 A job *ends* when all of these hold, in this order of events:
 
-1. its main process has exited (pidfd readable) and been reaped;
+1. its main process has exited (pidfd readable);
 2. whatever it left behind has been killed: its process group while the leader is still
    an unreaped zombie (so the group id cannot have been reused), and its cgroup, which
-   also reaches processes that left the group;
+   also reaches processes that left the group; then the main process is reaped;
 3. the output pipe reported EOF, i.e. every process that could write has gone, and
    every byte it wrote is in the log;
 4. the job's cgroup is empty (``cgroup.events``), and then removed.
@@ -13,6 +13,10 @@ A job *ends* when all of these hold, in this order of events:
 Only then are status and ``ended_at`` set and readers told, so a reader that sees the
 end has seen every byte.  All of this runs on the reactor thread; ``lock`` guards only
 what other threads read (status, byte count, waiters).
+
+Steps 2 and 4 open files (``cgroup.kill``, ``cgroup.events``), which fails
+while the process is out of descriptors.  Such a step is tried again on a timer until it
+succeeds: the job ends late, but it ends, and the reactor never retries in a loop.
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ log = logging.getLogger("jobworker")
 # exited and they were killed.  Only processes that escaped both the process group and
 # the cgroup (or any process, without cgroups) can hold it that long.
 ORPHAN_GRACE = 2.0
+
+# A step of a job's end that failed (out of descriptors, say) is tried again after this
+# long, doubling up to RETRY_MAX.
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
 
 Waiter = Callable[[], None]
 
@@ -108,8 +117,13 @@ class Job:
         self._stop: StopType | None = None  # set once a stop was requested
         self._kill_timer: Timer | None = None
         self._orphan_timer: Timer | None = None
-        self._exited = False  # the main process has exited (and been reaped)
+        self._exited = False  # the main process has exited
+        self._lost = False  # ... and was reaped by someone else: its status is lost
+        self._group_killed = False  # its leftovers were killed (after its exit)
+        self._settled = False  # ... and the main process reaped
         self._exit: int | None = None  # its code, or -signal; None if unknown
+        self._retries: dict[Callable[[], None], Timer] = {}  # failed steps, by step
+        self._retry_delay = RETRY_FIRST
         self._events_fd = -1
         self._pipe_open = True
         self._pipe_source = PipeSource(pipe.read_fd, self._on_output)
@@ -237,7 +251,29 @@ class Job:
 
     def _kill_everything(self) -> None:
         self._process.send(signal.SIGKILL, group=True)
-        self._group.kill()
+        # Out of descriptors, cgroup.kill cannot be opened: the main process is killed
+        # anyway (it cannot leave its process group, being a session leader), and its
+        # exit kills the cgroup, retrying until it can.
+        with contextlib.suppress(OSError):
+            self._group.kill()
+
+    def _retry(self, step: Callable[[], None], error: OSError) -> None:
+        """Run ``step`` again later: it failed for want of a resource (descriptors)."""
+        if step in self._retries:
+            return
+        if self._retry_delay == RETRY_FIRST:
+            log.warning(
+                "jobworker: job %s: cannot finish it yet (%s); trying again until it can",
+                self.id,
+                error,
+            )
+
+        def again() -> None:
+            del self._retries[step]
+            step()
+
+        self._retries[step] = self._reactor.call_later(self._retry_delay, again)
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
 
     # -- reactor callbacks --------------------------------------------------------------
 
@@ -269,7 +305,7 @@ class Job:
         return waiters
 
     def _on_exit(self, _mask: int) -> None:
-        if self._process.reaped:
+        if self._exited:
             return
         try:
             waited = os.waitid(
@@ -279,27 +315,44 @@ class Job:
             # Reaped behind the worker's back (SIGCHLD ignored, or someone's wait()):
             # the pid is free and may already be another process's, so nothing is
             # signalled by pid from here on; the cgroup still reaches what is left.
-            self._group.kill()
-            self._reactor.unregister(self._process.pidfd)
-            self._process.forget()
-            code = None
+            self._lost = True
         else:
             if waited is None:
                 return  # spurious
+        # The pidfd stays readable: unwatched first, so that no failure below can have
+        # it call this again and again.
+        self._reactor.unregister(self._process.pidfd)
+        if self._lost:
+            self._process.forget()
+        else:
             # Still a zombie here: the group id is pinned, so killing the group is safe.
-            self._kill_everything()
-            self._reactor.unregister(self._process.pidfd)
-            code = self._process.reap()
+            self._process.send(signal.SIGKILL, group=True)
         with self.lock:
             self._exited = True
-            self._exit = code
-        # If every writer was gone before the pipe was armed, nothing will say so.
-        if self._pipe_open:
-            self._reactor.poke_pipe(self._pipe_source)
         if self._kill_timer is not None:
             self._kill_timer.cancel()
-        if self._pipe_open or self._group_populated():
-            self._orphan_timer = self._reactor.call_later(ORPHAN_GRACE, self._abandon_orphans)
+        self._settle()
+
+    def _settle(self) -> None:
+        """After the main process's exit: kill its cgroup, reap it; then see whether the
+        job can end.  Retried until it succeeds."""
+        try:
+            if not self._group_killed:
+                self._group.kill()
+                self._group_killed = True
+            if not self._process.reaped:
+                self._exit = self._process.reap()
+            self._settled = True
+            # If every writer was gone before the pipe was armed, nothing will say so.
+            if self._pipe_open:
+                self._reactor.poke_pipe(self._pipe_source)
+                if self.ended.is_set():
+                    return
+            if self._orphan_timer is None and (self._pipe_open or self._group_populated()):
+                self._orphan_timer = self._reactor.call_later(ORPHAN_GRACE, self._abandon_orphans)
+        except OSError as e:
+            self._retry(self._settle, e)
+            return
         self._maybe_finish()
 
     def _group_populated(self) -> bool:
@@ -307,11 +360,14 @@ class Job:
             return False
         if self._events_fd < 0 and self._group.events_file is not None:
             # Reading the file arms it: the next change makes it EPOLLPRI-ready.
-            self._events_fd = above_stdio(
-                os.open(self._group.events_file, os.O_RDONLY | os.O_CLOEXEC)
-            )
-            os.read(self._events_fd, 4096)
-            self._reactor.register(self._events_fd, select.EPOLLPRI, self._on_group_event)
+            fd = above_stdio(os.open(self._group.events_file, os.O_RDONLY | os.O_CLOEXEC))
+            try:
+                os.read(fd, 4096)
+                self._reactor.register(fd, select.EPOLLPRI, self._on_group_event)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._events_fd = fd
         return self._group.populated()
 
     def _on_group_event(self, _mask: int) -> None:
@@ -320,9 +376,13 @@ class Job:
         self._maybe_finish()
 
     def _abandon_orphans(self) -> None:
+        try:
+            populated = self._group.populated()
+        except OSError:
+            populated = True  # cannot tell: leave the cgroup to the worker's close()
         if self._pipe_open and not self._group.procs_files:
             why = "processes outside its process group (and it has no cgroup) hold its output"
-        elif self._pipe_open and self._group.populated():
+        elif self._pipe_open and populated:
             why = "processes in its cgroup that did not die (stuck in the kernel?) hold its output"
         elif self._pipe_open:
             why = "processes that escaped its cgroup hold its output"
@@ -344,7 +404,7 @@ class Job:
         # Processes that did not die (stuck in the kernel, say) keep the cgroup busy:
         # removing it would retry on this thread, stalling every job.  The worker's
         # close() removes it.
-        self._finish(remove_group=not self._group.populated())
+        self._finish(remove_group=not populated)
 
     def _close_pipe(self) -> None:
         if self._pipe_open:
@@ -353,9 +413,14 @@ class Job:
             self._pipe.close()
 
     def _maybe_finish(self) -> None:
-        if not self._exited or self._pipe_open or self.ended.is_set():
+        if not self._settled or self._pipe_open or self.ended.is_set():
             return
-        if self._group_populated():
+        try:
+            populated = self._group_populated()
+        except OSError as e:
+            self._retry(self._maybe_finish, e)
+            return
+        if populated:
             if self._group.events_file is None:
                 # Pure cgroup v1 has no emptiness event, and a task closes its files
                 # (our pipe EOF) a moment before it leaves its cgroup: look again soon.
@@ -368,6 +433,9 @@ class Job:
             return
         if self._orphan_timer is not None:
             self._orphan_timer.cancel()
+        for timer in self._retries.values():
+            timer.cancel()
+        self._retries.clear()
         if self._events_fd >= 0:
             self._reactor.unregister(self._events_fd)
             os.close(self._events_fd)
