@@ -387,6 +387,24 @@ def test_without_cgroups_an_escapee_holding_the_output_cannot_hold_the_job_open(
         assert dies(escapee) or not pid_alive(escapee)
 
 
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_job_that_stopped_itself_ends_on_term(worker: Worker, owner: uuid.UUID) -> None:
+    # A stopped process keeps SIGTERM pending: without a SIGCONT after it, the stop
+    # would burn the whole grace and report KILL (an endless grace: never return).
+    job = worker.start(Command("sh", ["-c", "kill -STOP $$; sleep 1000"]), owner)
+    pid = worker.query(job, owner).pid
+    deadline = time.monotonic() + 10
+    while proc_state(pid) != "T":
+        assert time.monotonic() < deadline, "the job never stopped itself"
+        time.sleep(0.01)
+    worker.stop(job, owner, grace=30)
+    assert worker.query(job, owner).status == Status.stopped(StopType.TERM)
+
+
 def _start_with_escapee(w: Worker, owner: uuid.UUID, fifo: Path) -> tuple[uuid.UUID, int]:
     """A job whose main process exits at once, leaving a process outside its process
     group (and, without cgroups, out of the worker's reach) holding its output: the job
@@ -402,6 +420,30 @@ def _start_with_escapee(w: Worker, owner: uuid.UUID, fifo: Path) -> tuple[uuid.U
             assert chunk, out
             out += chunk
     return job, int(out.split()[0])
+
+
+def test_stop_after_the_main_process_exited_ends_the_job_and_keeps_its_status(
+    log_dir: Path, owner: uuid.UUID
+) -> None:
+    # query() says running while the output drains; stop() must agree: it waits for the
+    # end instead of raising JobNotRunning, and the status stays the main process's own.
+    with Worker(log_dir, resource_control=NoCgroups("test")) as w:
+        job, escapee = _start_with_escapee(w, owner, log_dir.parent / "fifo")
+        try:
+            main = w.query(job, owner).pid
+            deadline = time.monotonic() + 10
+            while os.path.exists(f"/proc/{main}"):  # exited and reaped by the worker
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert w.query(job, owner).status.state is State.RUNNING  # the escapee holds on
+            w.stop(job, owner, grace=5)
+            info = w.query(job, owner)
+            assert info.status == Status.exited(0) and info.ended_at is not None
+            with pytest.raises(JobNotRunning):
+                w.stop(job, owner)
+        finally:
+            os.kill(escapee, signal.SIGKILL)  # a descendant of our own job
+    assert dies(escapee) or not pid_alive(escapee)
 
 
 def test_a_second_close_returns_only_once_the_worker_is_closed(

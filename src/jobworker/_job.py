@@ -221,20 +221,36 @@ class Job:
     # -- stop ---------------------------------------------------------------------------
 
     def request_stop(self, grace: object) -> None:
-        """Ask for a stop (from any thread); raises if the main process already exited."""
+        """Ask for a stop (from any thread); ``JobNotRunning`` once the job has ended.
+
+        A job whose main process has exited but which has not ended (output draining,
+        leftovers dying) is not refused: what remains of it is killed, and its status
+        stays its main process's own.
+        """
         seconds = check_grace(grace)
-        with self.lock:
-            if self._exited or self.ended.is_set():
-                raise JobNotRunning(self.id)
+        if self.ended.is_set():
+            raise JobNotRunning(self.id)
         self._reactor.call_soon(lambda: self._begin_stop(seconds))
 
     def _begin_stop(self, grace: float) -> None:
+        if self.ended.is_set():
+            return
         if self._exited:
-            return  # exited on its own meanwhile; its natural status stands
+            # Exited on its own (perhaps meanwhile): its natural status stands.  Its
+            # leftovers were killed at its exit, and are again, in case any survived (a
+            # freezer-less cgroup v1 kills by listing).  A failure here is retried by
+            # the exit's own steps.
+            if self._group_killed:
+                with contextlib.suppress(OSError):
+                    self._group.kill()
+            return
         if self._stop is None:
             self._stop = StopType.TERM
             if grace > 0:
                 self._process.send(signal.SIGTERM, group=True)
+                # A stopped process (SIGSTOP, a tty stop) would hold the SIGTERM pending
+                # until the grace ran out; systemd sends SIGCONT after it too.
+                self._process.send(signal.SIGCONT, group=True)
                 if grace != math.inf:  # inf: SIGTERM only, however long it takes
                     self._kill_timer = self._reactor.call_later(grace, self._escalate)
                 return

@@ -206,8 +206,11 @@ class Worker:
         """SIGTERM the job's process group, SIGKILL everything after ``grace`` seconds.
 
         Returns once the job has ended.  ``grace=0`` kills at once, ``math.inf`` never
-        (SIGTERM only).  Raises ``JobNotRunning`` if the job's main process has already
-        exited, ``InvalidArgument`` for a grace that is not a number of seconds >= 0.
+        (SIGTERM only).  A job whose main process has exited but which has not ended yet
+        (its output is draining, its leftovers are being killed) can still be stopped:
+        what remains is killed at once, and its status stays the main process's own.
+        Raises ``JobNotRunning`` once the job has ended, ``InvalidArgument`` for a grace
+        that is not a number of seconds >= 0.
         """
         job = self.jobs.get(job_id, owner_id)
         job.request_stop(self.grace if grace is None else grace)
