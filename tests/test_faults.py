@@ -1,4 +1,5 @@
-"""Faults of the host around the worker: out of descriptors, failing callbacks."""
+"""Faults of the host around the worker: out of descriptors, failing callbacks, a host
+that is a child subreaper (a container's entrypoint)."""
 
 from __future__ import annotations
 
@@ -162,3 +163,82 @@ def test_out_of_descriptors_the_reactor_does_not_spin_and_the_job_still_ends(
     assert out["during_count"] <= 3, out["during"]
     assert out["status"] == "signaled(9)"
     assert out["leftover_dead"]
+
+
+# The host of the next test: a child subreaper, as a container's entrypoint is (PID 1),
+# with children of its own that it reaps itself.
+SUBREAPER_HOST = """
+import ctypes, json, os, subprocess, sys, time, uuid
+from jobworker import Command, NoCgroups, Worker, detect
+
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+
+def children():
+    kids = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            kids += [int(p) for p in f.read().split()]
+    return kids
+
+def state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+# The host's own children, already exited (zombies) while the jobs run: one in the
+# host's session, one in a session of its own.
+own = [
+    subprocess.Popen(["sh", "-c", "exit 7"]),
+    subprocess.Popen(["sh", "-c", "exit 8"], start_new_session=True),
+]
+while any(state(p.pid) != "Z" for p in own):
+    time.sleep(0.01)
+cgroups = sys.argv[2] == "detected"
+control = detect() if cgroups else NoCgroups("test")
+# Leftovers of every kind: children of the main process, a grandchild orphaned while
+# the main process still runs, a child of a leftover, and (with cgroups, which reach
+# it) a process in a session of its own.
+code = "sleep 1000 & (sleep 1000 &); sh -c 'sleep 1000 & exec sleep 1000' & "
+if cgroups:
+    code += "setsid sleep 1000 & "
+code += "sleep 0.2; echo started"
+owner = uuid.uuid4()
+with Worker(sys.argv[1], resource_control=control) as w:
+    jobs = [w.start(Command("sh", ["-c", code]), owner) for _ in range(3)]
+    statuses = [str(w.wait(j, owner, timeout=30).status) for j in jobs]
+    mine = {p.pid for p in own}
+    deadline = time.monotonic() + 10
+    while True:
+        left = sorted(set(children()) - mine)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    left = [(p, state(p)) for p in left]
+    own_there = [p.pid in children() and state(p.pid) == "Z" for p in own]
+codes = [p.wait() for p in own]
+print(json.dumps({
+    "statuses": statuses, "left": left, "own_there": own_there, "codes": codes,
+    "after_close": children(),
+}))
+"""
+
+
+@pytest.mark.parametrize("control", ["detected", "none"])
+def test_a_subreaper_host_gets_no_zombies_and_keeps_its_own_children(
+    log_dir: Path, control: str
+) -> None:
+    if control == "detected" and CONTROL.name == "none":
+        pytest.skip("no writable cgroups here")
+    run = subprocess.run(
+        [PY, "-c", SUBREAPER_HOST, str(log_dir), control],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["statuses"] == ["exited(0)"] * 3
+    assert out["left"] == []  # the jobs' orphans were reaped
+    assert out["own_there"] == [True, True]  # the host's own were not...
+    assert out["codes"] == [7, 8]  # ...so the host got their statuses
+    assert out["after_close"] == []

@@ -5,7 +5,8 @@ A job *ends* when all of these hold, in this order of events:
 1. its main process has exited (pidfd readable);
 2. whatever it left behind has been killed: its process group while the leader is still
    an unreaped zombie (so the group id cannot have been reused), and its cgroup, which
-   also reaches processes that left the group; then the main process is reaped;
+   also reaches processes that left the group; orphans re-parented to the worker (when
+   it is a reaper, see ``_orphans``) are adopted; then the main process is reaped;
 3. the output pipe reported EOF, i.e. every process that could write has gone, and
    every byte it wrote is in the log;
 4. the job's cgroup is empty (``cgroup.events``), and then removed.
@@ -14,7 +15,7 @@ Only then are status and ``ended_at`` set and readers told, so a reader that see
 end has seen every byte.  All of this runs on the reactor thread; ``lock`` guards only
 what other threads read (status, byte count, waiters).
 
-Steps 2 and 4 open files (``cgroup.kill``, ``cgroup.events``), which fails
+Steps 2 and 4 open files (``cgroup.kill``, ``cgroup.events``, ``/proc``), which fails
 while the process is out of descriptors.  Such a step is tried again on a timer until it
 succeeds: the job ends late, but it ends, and the reactor never retries in a loop.
 """
@@ -36,6 +37,7 @@ from ._capture import LogFile, LogWriteError, OutputPipe
 from ._errors import InvalidArgument, JobNotRunning
 from ._fds import above_stdio
 from ._model import Command, JobInfo, Limits, RunAs, Status, StopType
+from ._orphans import Orphans, is_reaper
 from ._pipewatch import PipeSource
 from ._process import Process
 from ._reactor import Reactor, Timer
@@ -90,6 +92,7 @@ class Job:
         logfile: LogFile,
         group: JobGroup,
         reactor: Reactor,
+        orphans: Orphans,
         run_as: RunAs | None = None,
     ) -> None:
         self.id = job_id
@@ -114,13 +117,15 @@ class Job:
         self._log = logfile
         self._group = group
         self._reactor = reactor
+        self._orphans = orphans
+        orphans.mains.add(self.pid)
         self._stop: StopType | None = None  # set once a stop was requested
         self._kill_timer: Timer | None = None
         self._orphan_timer: Timer | None = None
         self._exited = False  # the main process has exited
         self._lost = False  # ... and was reaped by someone else: its status is lost
         self._group_killed = False  # its leftovers were killed (after its exit)
-        self._settled = False  # ... and the main process reaped
+        self._settled = False  # ... and orphans adopted, and the main process reaped
         self._exit: int | None = None  # its code, or -signal; None if unknown
         self._retries: dict[Callable[[], None], Timer] = {}  # failed steps, by step
         self._retry_delay = RETRY_FIRST
@@ -165,6 +170,7 @@ class Job:
         self._reactor.unregister(self._process.pidfd)
         self._kill_everything()
         self._process.reap_killed()
+        self._orphans.mains.discard(self.pid)
         self._pipe.close()
         self._log.discard()
         try:
@@ -340,6 +346,7 @@ class Job:
         self._reactor.unregister(self._process.pidfd)
         if self._lost:
             self._process.forget()
+            self._orphans.mains.discard(self.pid)
         else:
             # Still a zombie here: the group id is pinned, so killing the group is safe.
             self._process.send(signal.SIGKILL, group=True)
@@ -350,14 +357,18 @@ class Job:
         self._settle()
 
     def _settle(self) -> None:
-        """After the main process's exit: kill its cgroup, reap it; then see whether the
-        job can end.  Retried until it succeeds."""
+        """After the main process's exit: kill its cgroup, adopt its orphans, reap it;
+        then see whether the job can end.  Retried until it succeeds."""
         try:
             if not self._group_killed:
                 self._group.kill()
                 self._group_killed = True
             if not self._process.reaped:
+                if is_reaper():
+                    # Before the reap: the zombie holds the job's session (_orphans).
+                    self._orphans.adopt(self.pid, self._group)
                 self._exit = self._process.reap()
+                self._orphans.mains.discard(self.pid)
             self._settled = True
             # If every writer was gone before the pipe was armed, nothing will say so.
             if self._pipe_open:

@@ -24,6 +24,7 @@ from ._follow import LogReader
 from ._job import Job, check_grace
 from ._jobtable import JobTable, check_id
 from ._model import Command, JobInfo, Limits, RunAs
+from ._orphans import Orphans
 from ._process import Process, encode_env, prepare
 from ._reactor import Reactor
 from ._rescontrol import ResourceControl, detect
@@ -98,6 +99,7 @@ class Worker:
             self.resource_control = resource_control if resource_control is not None else detect()
             try:
                 self._reactor = Reactor()
+                self._orphans = Orphans(self._reactor)
             except BaseException:
                 if resource_control is None:
                     self.resource_control.close()
@@ -198,7 +200,17 @@ class Worker:
                 raise StartError(e.errno, f"cannot start {command.name}: {e.strerror}") from e
             raise
         job = Job(
-            job_id, owner_id, command, limits, process, pipe, logfile, group, self._reactor, run_as
+            job_id,
+            owner_id,
+            command,
+            limits,
+            process,
+            pipe,
+            logfile,
+            group,
+            self._reactor,
+            self._orphans,
+            run_as,
         )
         return job_id, job
 
@@ -256,6 +268,7 @@ class Worker:
                 job.ended.wait()
             try:
                 self._reactor.close()
+                self._orphans.close()
                 self.resource_control.close()
             finally:
                 self._closed = True

@@ -26,6 +26,10 @@ limit validation).
   that may have changed, so the caller can wait without polling.
 - ``JobGroup.remove()`` removes every directory ``create`` made; the caller calls it only
   after ``populated()`` turned False.  It is idempotent.
+- ``JobGroup.holds(pid)`` is True if the process ``pid`` (alive, or a zombie: the kernel
+  keeps a dead task's cgroup, even once removed) is or was in the job's cgroup; False
+  where that cannot be told.  It is how the worker recognizes a job's orphans among its
+  own children (``_orphans``).
 - ``ResourceControl.close()`` removes the worker's parent cgroup(s).
 """
 
@@ -74,6 +78,11 @@ class JobGroup(abc.ABC):
     @abc.abstractmethod
     def remove(self) -> None:
         """Remove the job's cgroup directories (idempotent; only once unpopulated)."""
+
+    def holds(self, pid: int) -> bool:
+        """Whether process ``pid`` (alive or a zombie) is in the job's cgroup; False
+        where this cannot be told."""
+        return False
 
 
 class ResourceControl(abc.ABC):

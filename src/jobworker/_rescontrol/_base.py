@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from .._fds import above_stdio
 from .._model import Usage
 from . import JobGroup, ResourceControl
-from ._cgroupfs import new_parent_name, parent_is_stale, rmdir_retry, subdirs
+from ._cgroupfs import (
+    new_parent_name,
+    parent_is_stale,
+    parse_proc_cgroup,
+    read_text,
+    rmdir_retry,
+    subdirs,
+)
 from ._kill import kill_cgroup, wait_empty
 
 __all__ = ["CgroupBase", "CgroupJobGroup"]
@@ -154,6 +161,20 @@ class CgroupJobGroup(JobGroup):
 
     def oom_killed(self) -> bool:
         return bool(self.usage().oom_kills)
+
+    def holds(self, pid: int) -> bool:
+        try:
+            text = read_text(f"/proc/{pid}/cgroup")
+        except (FileNotFoundError, ProcessLookupError):
+            return False  # reaped
+        # Every directory of the job bears the job's unique name.  A zombie shows it in
+        # the cgroup2 line only (v1 lines show "/"), with " (deleted)" once removed; so
+        # on pure v1 a dead process cannot be told.
+        name = os.path.basename(self.paths[0])
+        for _, _, path in parse_proc_cgroup(text):
+            if name in path.removesuffix(" (deleted)").split("/"):
+                return True
+        return False
 
     def remove(self) -> None:
         with self._lock:
