@@ -20,6 +20,8 @@ __all__ = ["Command", "JobInfo", "Limits", "RunAs", "State", "Status", "StopType
 
 def _path_text(what: str, value: object) -> str:
     """A ``str``, or the ``str`` of an ``os.PathLike`` (users pass ``Path`` objects)."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str):
@@ -80,7 +82,9 @@ class Command:
                         f" the variable), not {type(v).__name__}"
                     )
         object.__setattr__(self, "name", _path_text("command name", name))
-        object.__setattr__(self, "args", tuple(_path_text("argument", a) for a in items))
+        if not all(type(a) is str for a in items):
+            items = tuple(_path_text("argument", a) for a in items)
+        object.__setattr__(self, "args", items)
         object.__setattr__(self, "env", env)
         object.__setattr__(self, "cwd", None if cwd is None else _path_text("cwd", cwd))
 
