@@ -71,6 +71,7 @@ class Reactor:
         self._wake_fd = above_stdio(os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK))
         self._epoll.register(self._wake_fd, select.EPOLLIN)
         self._handlers: dict[int, Callable[[int], None]] = {}
+        self._table_lock = threading.Lock()  # handlers and the epoll set change together
         self._ready: collections.deque[Callback] = collections.deque()
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
@@ -104,15 +105,26 @@ class Reactor:
         return threading.current_thread() is self._thread
 
     def register(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
-        # The handler must be in place before epoll can report the fd.
-        self._handlers[fd] = handler
-        self._epoll.register(fd, events)
+        with self._table_lock:
+            # The handler must be in place before epoll can report the fd.
+            self._handlers[fd] = handler
+            self._epoll.register(fd, events)
 
     def unregister(self, fd: int) -> None:
         """Stop watching ``fd``; the caller closes it afterwards."""
-        self._handlers.pop(fd, None)
-        with contextlib.suppress(OSError):
-            self._epoll.unregister(fd)
+        with self._table_lock:
+            self._handlers.pop(fd, None)
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+
+    def _unregister_failed(self, fd: int, handler: Callable[[int], None]) -> None:
+        # Only if the failed handler is still the fd's: it may have closed its fd before
+        # failing, and another thread registered a new file under the same number.
+        with self._table_lock:
+            if self._handlers.get(fd) is handler:
+                del self._handlers[fd]
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
 
     def add_pipe(self, source: PipeSource) -> None:
         """Call ``source.on_ready`` on the reactor thread whenever its pipe may have data.
@@ -308,7 +320,7 @@ class Reactor:
                     continue
                 handler = handlers.get(fd)
                 if handler is not None and not self._guard(handler, mask):
-                    self.unregister(fd)
+                    self._unregister_failed(fd, handler)
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 self._guard(heapq.heappop(self._timers)[2]._run)
