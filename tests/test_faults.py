@@ -177,8 +177,11 @@ assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
 def children():
     kids = []
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            kids += [int(p) for p in f.read().split()]
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                kids += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            pass  # a thread that has just exited (the worker's, after close)
     return kids
 
 def state(pid):
