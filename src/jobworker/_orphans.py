@@ -101,6 +101,7 @@ class _Orphan:
     pidfd: int
     session: int
     group: JobGroup
+    retrying: bool = False
 
 
 class Orphans:
@@ -185,7 +186,9 @@ class Orphans:
             # session, so they can be told.
             self.adopt(orphan.session, orphan.group)
         except OSError as e:
-            log.warning("jobworker: cannot look for orphans (%s); trying again", e)
+            if not orphan.retrying:
+                log.warning("jobworker: cannot look for orphans (%s); trying again", e)
+            orphan.retrying = True
             self._reactor.call_later(0.5, lambda: self._on_exit(orphan))
             return
         self._reap(orphan)
