@@ -9,10 +9,17 @@
     ├── JobNotFound           (also LookupError) no such job *for this owner*
     ├── JobNotRunning                            stop of a job that has already ended
     ├── LogUnavailable                           the job's log is gone, replaced or cut short
-    └── WorkerClosed                             the worker has been closed
+    ├── WorkerClosed                             the worker has been closed
+    └── ServiceError                             the service refused a call, or is unreachable
+        ├── ServiceUnavailable                   unreachable, or shutting down
+        ├── Unauthenticated                      TLS or the caller's identity was refused
+        ├── PermissionDenied                     an admin-only request from a non-admin
+        ├── QuotaExceeded                        the owner has too many running jobs
+        └── InvalidRequest    (also ValueError)  a malformed request (job id, grace, sizes)
 
 A job owned by someone else raises ``JobNotFound`` with exactly the message an unknown
-id gets, so that ownership cannot be probed.
+id gets, so that ownership cannot be probed.  The ``ServiceError`` branch is raised only by
+``jobworker.client`` (and by the server, which sends it as a gRPC status).
 """
 
 from __future__ import annotations
@@ -23,12 +30,18 @@ __all__ = [
     "CommandNotFound",
     "InvalidArgument",
     "InvalidCommand",
+    "InvalidRequest",
     "JobNotFound",
     "JobNotRunning",
     "JobworkerError",
     "LimitError",
     "LogUnavailable",
+    "PermissionDenied",
+    "QuotaExceeded",
+    "ServiceError",
+    "ServiceUnavailable",
     "StartError",
+    "Unauthenticated",
     "WorkerClosed",
 ]
 
@@ -80,3 +93,27 @@ class LogUnavailable(JobworkerError):
 
 class WorkerClosed(JobworkerError):
     """The worker was closed; it starts no jobs and answers no queries."""
+
+
+class ServiceError(JobworkerError):
+    """The service refused the call, or could not be reached."""
+
+
+class ServiceUnavailable(ServiceError):
+    """The service cannot be reached, or is shutting down."""
+
+
+class Unauthenticated(ServiceError):
+    """The TLS handshake or the caller's identity was refused (by either side)."""
+
+
+class PermissionDenied(ServiceError):
+    """The caller asked for something only an admin may have."""
+
+
+class QuotaExceeded(ServiceError):
+    """The owner already has as many running jobs as the service allows."""
+
+
+class InvalidRequest(ServiceError, ValueError):
+    """The request is malformed: a job id that is not a UUID, a bad grace, too large."""
