@@ -37,7 +37,9 @@ from ._model import Command, JobInfo, Limits
 from .v1 import jobworker_grpc
 from .v1 import jobworker_pb2 as pb
 
-__all__ = ["Client", "TLSFiles", "client_tls_context"]
+__all__ = ["Client", "TLSFiles", "client_tls_context", "close_channel"]
+
+_PROBE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,19 @@ def client_tls_context(files: TLSFiles) -> ssl.SSLContext:
         raise Unauthenticated(f"cannot load the client's TLS files: {e.strerror or e}") from None
     ctx.set_alpn_protocols(["h2"])
     return ctx
+
+
+async def close_channel(channel: Channel) -> None:
+    """``channel.close()``, returning once its socket is closed."""
+    # grpclib's channel does not say when its connection is gone; its socket does.
+    connection = getattr(getattr(channel, "_protocol", None), "connection", None)
+    transport = getattr(connection, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    channel.close()
+    for _ in range(200):
+        if sock is None or sock.fileno() == -1:
+            break
+        await asyncio.sleep(0.005)
 
 
 def _default_address() -> str:
@@ -162,7 +177,7 @@ class Client:
         except GRPCError as e:
             raise self._error(e, st, job_id) from None
         except (OSError, StreamTerminatedError, ProtocolError) as e:
-            raise self._lost(e) from None
+            raise await self._lost(e) from None
 
     async def follow(
         self,
@@ -224,7 +239,7 @@ class Client:
         except GRPCError as e:
             raise self._error(e, st, job_id) from None
         except (OSError, StreamTerminatedError, ProtocolError) as e:
-            raise self._lost(e) from None
+            raise await self._lost(e) from None
 
     def _error(self, error: GRPCError, st: Any, job_id: uuid.UUID | None) -> Exception:
         metadata: Mapping[str, Any] = (st.trailing_metadata if st is not None else None) or {}
@@ -235,18 +250,69 @@ class Client:
             job_id,
         )
 
-    def _lost(self, error: BaseException) -> Exception:
+    async def _lost(self, error: BaseException) -> Exception:
         self._drop_channel()
-        if isinstance(error, ssl.SSLError):
-            return Unauthenticated(f"TLS with {self.address} failed: {error.reason or error}")
+        refusal = error.reason if isinstance(error, ssl.SSLError) else await self._tls_refusal()
+        if refusal is not None:
+            return Unauthenticated(f"TLS with {self.address} refused: {refusal}")
         detail = getattr(error, "strerror", None) or str(error) or type(error).__name__
         return ServiceUnavailable(f"cannot reach the service at {self.address}: {detail}")
 
+    async def _tls_refusal(self) -> str | None:
+        """Why TLS was refused, if it was, asked again on a connection of its own: the
+        HTTP/2 layer says only "connection lost".  A gRPC server speaks first (its HTTP/2
+        SETTINGS); in TLS 1.3 it judges the client's certificate after the client's side
+        of the handshake is done, so a refused certificate shows as a connection closed
+        right after the handshake, before that first frame."""
+        if isinstance(self._target, str):
+            return None
+        host, port = self._target
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    host, port, ssl=self._tls, server_hostname=self._server_name or host
+                ),
+                _PROBE_TIMEOUT,
+            )
+        except ssl.SSLError as e:
+            return str(e.reason or e)
+        except ConnectionResetError:
+            return (
+                "the server ended the TLS handshake: it refused this client's TLS version"
+                " or parameters"
+            )
+        except (OSError, TimeoutError):
+            return None
+        try:
+            first = await asyncio.wait_for(reader.read(1), _PROBE_TIMEOUT)
+        except ssl.SSLError as e:
+            return str(e.reason or e)
+        except ConnectionResetError:
+            first = b""
+        except (OSError, TimeoutError):
+            return None
+        finally:
+            writer.close()
+        if first:
+            return None
+        return (
+            "the server closed the connection after the handshake: it did not accept this"
+            " client's certificate"
+        )
+
     def close(self) -> None:
+        """Close the connection without waiting for it to go (see ``aclose``)."""
         self._drop_channel()
+
+    async def aclose(self) -> None:
+        """Close the connection, and return once its socket is closed: a TLS connection
+        says goodbye first, which an event loop closed right after would cut short."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await close_channel(channel)
 
     async def __aenter__(self) -> Client:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        await self.aclose()

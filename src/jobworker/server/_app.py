@@ -161,8 +161,7 @@ async def serve(
             servers.append(server)
         health.set(True)
         addresses = [_address(s) for s in listeners]
-        for address in addresses:
-            log.info("%s", json.dumps({"event": "listening", "address": address}))
+        log.info("%s", json.dumps({"event": "listening", "addresses": addresses}))
         if on_ready is not None:
             on_ready(addresses)
 

@@ -177,8 +177,9 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
         self, call: _Call, request: pb.StopRequest, stream: Stream[Any, pb.StopResponse]
     ) -> None:
         job = call.job = _wire.job_id_from_pb(request.job_id)
+        grace = _wire.grace_from_pb(request)
         owner = self._owner_for(call, job)
-        await self._worker.stop(job, owner, _wire.grace_from_pb(request))
+        await self._worker.stop(job, owner, grace)
         info = await self._worker.query(job, owner)
         await stream.send_message(pb.StopResponse(info=_wire.info_to_pb(info)))
 
