@@ -28,6 +28,9 @@ BENCHMARKS = [
     "chatty",
     "readers",
     "cli_startup",
+    "service_frameworks",
+    "service_stream",
+    "service_start",
     "scale",
 ]
 QUIET = 0.15  # cores

@@ -286,3 +286,16 @@ def test_stopped_status_reaches_the_client(tmp_path: Path) -> None:
                 assert info.status == Status.stopped(StopType.KILL)
 
         run(main())
+
+
+def test_tcp_connections_send_small_frames_at_once() -> None:
+    # With Nagle's algorithm on, each reply waits for the client's delayed ACK (40 ms).
+    from jobworker.server._app import _tcp_listener
+
+    listener = _tcp_listener("127.0.0.1:0")
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.proto == socket.IPPROTO_TCP  # what asyncio looks for
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert client
