@@ -148,6 +148,8 @@ def server_config(tmp: Path, pki: Pki | None = None, **kwargs: Any) -> ServerCon
     tls: dict[str, Any] = {}
     if pki is not None:
         tls = {"listen": "127.0.0.1:0", **pki.server_files()}
+    if pki is not None and os.geteuid() != 0:
+        kwargs.setdefault("allow_shared_user", True)  # no other users to give owners
     return ServerConfig(socket=run / "jobworker.sock", state_dir=tmp / "state", **tls, **kwargs)
 
 

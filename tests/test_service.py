@@ -105,6 +105,9 @@ def test_mtls_start_stop_query_list(server: ServerThread, pki: Pki) -> None:
             job = await c.start(
                 Command("sh", ["-c", "echo $GREETING; sleep 100"], env={"GREETING": "hi"})
             )
+            async for chunk in c.stream(job):
+                assert chunk == b"hi\n"  # the job is under way
+                break
             info = await c.query(job)
             assert info.owner_id == owner_id("alice")
             assert info.status == Status.running()

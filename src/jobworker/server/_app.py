@@ -32,7 +32,9 @@ from ._auth import Identify, server_tls_context
 from ._config import ConfigError, ServerConfig, parse_address
 from ._jobs import Jobs
 from ._paths import private_dir
+from ._runas import Accounts
 from ._service import JobWorkerService
+from ._store import Store
 
 __all__ = ["MINIMAL_ENV", "run", "serve"]
 
@@ -138,13 +140,16 @@ async def serve(
     calls are accepted.  Raises ``ConfigError`` if the server cannot start as configured.
     """
     config.check()
-    _private(config.state_path, "state directory")
+    state_dir = _private(config.state_path, "state directory")
     log_dir = _private(config.log_path, "log directory")
     tls = _tls(config) if config.listen is not None else None
+    store = await asyncio.to_thread(Store, state_dir / "jobworker.db")
+    accounts = Accounts(config, store)
     listeners: list[socket.socket] = []
     servers: list[Server] = []
     socket_path = config.socket_path
     try:
+        accounts.check()
         listeners.append(_unix_listener(socket_path))
         if config.listen is not None:
             listeners.append(_tcp_listener(config.listen))
@@ -158,12 +163,14 @@ async def serve(
         with contextlib.suppress(FileNotFoundError):
             if listeners:
                 os.unlink(socket_path)
+        store.close()
         raise
     try:
         service = JobWorkerService(
             worker,
             Identify(config.admins),
             Jobs(config.max_running_jobs),
+            accounts,
             default_limits=config.default_limits,
         )
         health = ServiceStatus()
@@ -195,6 +202,7 @@ async def serve(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
         await worker.close()
+        store.close()
     log.info("%s", json.dumps({"event": "stopped"}))
 
 

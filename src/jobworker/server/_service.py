@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import pwd
 import struct
 import time
 import uuid
@@ -44,6 +42,7 @@ from ..v1 import jobworker_grpc
 from ..v1 import jobworker_pb2 as pb
 from ._auth import Caller, Identify
 from ._jobs import Jobs
+from ._runas import Account, Accounts
 
 __all__ = ["MAX_REQUEST", "JobWorkerService"]
 
@@ -98,12 +97,11 @@ def _check_size(command: Command) -> None:
         )
 
 
-def _home(uid: int) -> str:
-    try:
-        home = pwd.getpwuid(uid).pw_dir
-    except KeyError:
-        return "/"
-    return home if home and os.path.isdir(home) else "/"
+def _as(account: Account, command: Command) -> Command:
+    """``command`` as it runs for ``account``: the worker's minimal environment plus the
+    account's HOME, then the request's variables; in HOME unless it names a directory."""
+    env: dict[str, str | None] = {"HOME": account.home, **(command.env or {})}
+    return Command(command.name, command.args, env=env, cwd=command.cwd or account.home)
 
 
 def _merge_limits(request: Limits, defaults: Limits) -> Limits:
@@ -127,12 +125,14 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
         worker: AsyncWorker,
         identify: Identify,
         jobs: Jobs,
+        accounts: Accounts,
         *,
         default_limits: Limits,
     ) -> None:
         self._worker = worker
         self._identify = identify
         self._jobs = jobs
+        self._accounts = accounts
         self._default_limits = default_limits
         self._closing = False
         # Tasks that outlive an RPC: one per running job, noting its end for the quota.
@@ -167,10 +167,11 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
         self, call: _Call, request: pb.StartRequest, stream: Stream[Any, pb.StartResponse]
     ) -> None:
         assert call.caller is not None
-        command = self._command(_wire.command_from_pb(request.command))
+        command = _wire.command_from_pb(request.command)
+        _check_size(command)
         limits = _merge_limits(_wire.limits_from_pb(request.limits), self._default_limits)
         # Shielded: a client that gives up mid-start must not leave a job nobody indexed.
-        call.job = await asyncio.shield(self._launch(call.caller.owner_id, command, limits))
+        call.job = await asyncio.shield(self._launch(call.caller, command, limits))
         await stream.send_message(pb.StartResponse(job_id=str(call.job)))
 
     async def _stop(
@@ -237,17 +238,16 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
             return owner
         return call.caller.owner_id
 
-    def _command(self, command: Command) -> Command:
-        _check_size(command)
-        # Jobs start from the worker's minimal environment plus HOME, then the request's.
-        home = _home(os.geteuid())
-        env: dict[str, str | None] = {"HOME": home, **(command.env or {})}
-        return Command(command.name, command.args, env=env, cwd=command.cwd or home)
+    def _start_job(self, caller: Caller, command: Command, limits: Limits) -> uuid.UUID:
+        # In a thread: finding the account may allocate a uid (a database write), and a
+        # start creates cgroups and may clean up a dead worker's.
+        account = self._accounts.for_caller(caller)
+        return self._worker.worker.start(_as(account, command), caller.owner_id, limits=limits)
 
-    async def _launch(self, owner: uuid.UUID, command: Command, limits: Limits) -> uuid.UUID:
+    async def _launch(self, caller: Caller, command: Command, limits: Limits) -> uuid.UUID:
+        owner = caller.owner_id
         with self._jobs.reserve(owner):
-            # A start creates cgroups and may clean up a dead worker's: off the loop.
-            job = await asyncio.to_thread(self._worker.worker.start, command, owner, limits=limits)
+            job = await asyncio.to_thread(self._start_job, caller, command, limits)
             self._jobs.started(job, owner)
         watcher = asyncio.create_task(self._watch(job, owner))
         self._watchers.add(watcher)
