@@ -1,14 +1,20 @@
-"""The server's state database: uids allocated to owners, for good."""
+"""The server's state database (uids allocated to owners, for good), and which user each
+owner's jobs run as."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
 from jobworker import QuotaExceeded
+from jobworker.server import ConfigError, OwnerConfig, ServerConfig, owner_id
+from jobworker.server._auth import Caller
+from jobworker.server._runas import Account, Accounts
 from jobworker.server._store import SCHEMA_VERSION, Store, uid_in_use
 
 
@@ -88,3 +94,92 @@ def test_a_newer_schema_is_not_touched(tmp_path: Path) -> None:
     raw.close()
     with pytest.raises(RuntimeError, match="newer"):
         Store(db)
+
+
+# -- which user an owner's jobs run as -----------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+def caller(name: str, local: bool = False) -> Caller:
+    return Caller(name, owner_id(name), admin=False, local=local)
+
+
+@needs_root
+def test_accounts_follow_the_configuration_then_the_range(tmp_path: Path) -> None:
+    config = ServerConfig(
+        owners={
+            "alice": OwnerConfig(uid=1001, gid=1002, groups=(10,)),
+            "ops": OwnerConfig(run_as="root"),
+        },
+        dynamic_uids=(61184, 61199),
+    )
+    store = Store(tmp_path / "jobworker.db")
+    try:
+        accounts = Accounts(config, store)
+        accounts.check()
+        assert accounts.for_caller(caller("alice")) == Account(1001, 1002, (10,), "/")
+        assert accounts.for_caller(caller("ops")).uid is None  # as the server: root
+        assert accounts.for_caller(caller("me", local=True)).uid is None
+        bob = accounts.for_caller(caller("bob"))
+        assert bob.uid is not None and 61184 <= bob.uid <= 61199
+        assert (bob.gid, bob.groups, bob.home) == (bob.uid, (), "/")
+        carol = accounts.for_caller(caller("carol"))
+        assert carol.uid != bob.uid
+    finally:
+        store.close()
+    store = Store(tmp_path / "jobworker.db")
+    try:
+        assert Accounts(config, store).for_caller(caller("bob")) == bob
+    finally:
+        store.close()
+
+
+def check_as(uid: int, directory: Path) -> list[str]:
+    """``Accounts.check()`` of a TCP config without and with ``allow_shared_user``, in a
+    child process that has dropped to ``uid`` (Python itself lives under /root)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            results = []
+            store = Store(directory / "jobworker.db")
+            for shared in (False, True):
+                config = ServerConfig(
+                    listen="127.0.0.1:0",
+                    tls_cert=directory / "c",
+                    tls_key=directory / "k",
+                    client_ca=directory / "ca",
+                    allow_shared_user=shared,
+                )
+                try:
+                    Accounts(config, store).check()
+                    results.append("accepted")
+                except ConfigError as e:
+                    results.append(f"refused: {e}")
+            os.write(write, "\n".join(results).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        out = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return out.splitlines()
+
+
+@needs_root
+def test_a_server_that_is_not_root_refuses_tcp_owners_sharing_its_user() -> None:
+    # Not under pytest's tmp_path: its parents are private to root.
+    with tempfile.TemporaryDirectory(prefix="jobworker-test-") as name:
+        d = Path(name)
+        os.chown(d, 65534, 65534)
+        refused, accepted = check_as(65534, d)
+    assert refused.startswith("refused: this server is not root")
+    assert accepted == "accepted"
