@@ -520,3 +520,33 @@ def test_one_structured_log_line_per_rpc(
     ]
     assert lines[0]["job"] == lines[1]["job"] == str(job)
     assert all(isinstance(x["ms"], float) for x in lines)
+
+
+# -- isolation below the API ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running jobs as other users needs root")
+@pytest.mark.xfail(reason="jobs run as the server's user until the library's run_as is wired in")
+def test_the_kernel_keeps_owners_apart(server: ServerThread, pki: Pki) -> None:
+    async def main() -> None:
+        async with client(server, pki, "alice") as alice, client(server, pki, "bob") as bob:
+            victim = await alice.start(Command("sleep", ["100"]))
+            info = await alice.query(victim)
+            attack = await bob.start(
+                Command(
+                    "sh",
+                    [
+                        "-c",
+                        f"cat {info.log_path} && echo READ;"
+                        f" kill -9 {info.pid} && echo KILLED; id -u",
+                    ],
+                )
+            )
+            out = b"".join([x async for x in bob.stream(attack)]).decode()
+            assert "READ" not in out and "KILLED" not in out, out
+            assert "Permission denied" in out and "Operation not permitted" in out, out
+            assert int(out.split()[-1]) != 0  # bob's job is not root
+            assert (await alice.query(victim)).status == Status.running()
+            await alice.stop(victim, grace=0)
+
+    run(main())
