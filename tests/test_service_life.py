@@ -299,3 +299,39 @@ def test_tcp_connections_send_small_frames_at_once() -> None:
             assert accepted.proto == socket.IPPROTO_TCP  # what asyncio looks for
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         assert client
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(x for x in f if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_stalled_client_costs_the_server_a_bounded_amount(tmp_path: Path) -> None:
+    size = 96 << 20
+    config = tmp_path / "server.toml"
+    config.write_text('socket = "run/s.sock"\nstate_dir = "state"\n')
+    with server_process(config) as (proc, addresses):
+
+        async def main() -> None:
+            async with Client(addresses[0]) as stalled, Client(addresses[0]) as other:
+                job = await stalled.start(Command("head", ["-c", str(size), "/dev/zero"]))
+                await stalled.wait(job)  # all 96 MiB are there to be sent
+                before = rss(proc.pid)
+                async for chunk in stalled.stream(job):
+                    assert chunk
+                    # Stalled: the server may only fill the flow-control windows and
+                    # socket buffers, not read the log ahead into memory.
+                    await asyncio.sleep(1.0)
+                    grown = rss(proc.pid) - before
+                    assert grown < 16 << 20, grown
+                    # Meanwhile another client gets the whole log.
+                    got = 0
+                    async for data in other.stream(job):
+                        got += len(data)
+                    assert got == size
+                    break
+
+        run(main())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
