@@ -14,7 +14,7 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._errors import InvalidRequest
-from ._model import Command, JobInfo, Limits, State, Status, StopType, Usage
+from ._model import Command, JobInfo, Limits, RunAs, State, Status, StopType, Usage
 from .v1 import jobworker_pb2 as pb
 
 __all__ = [
@@ -187,6 +187,9 @@ def info_to_pb(info: JobInfo) -> pb.JobInfo:
         ended_at=None if info.ended_at is None else _timestamp(info.ended_at),
         limits=limits_to_pb(info.limits),
         usage=_usage_to_pb(info.usage),
+        run_as=None
+        if info.run_as is None
+        else pb.RunAs(uid=info.run_as.uid, gid=info.run_as.gid, groups=info.run_as.groups),
     )
 
 
@@ -202,4 +205,7 @@ def info_from_pb(message: pb.JobInfo) -> JobInfo:
         ended_at=message.ended_at.ToNanoseconds() / 1e9 if message.HasField("ended_at") else None,
         limits=limits_from_pb(message.limits),
         usage=_usage_from_pb(message.usage),
+        run_as=RunAs(message.run_as.uid, message.run_as.gid, tuple(message.run_as.groups))
+        if message.HasField("run_as")
+        else None,
     )

@@ -36,10 +36,10 @@ def home_of(uid: int) -> str:
 
 @dataclass(frozen=True)
 class Account:
-    """A user to run jobs as; ``uid`` None: the server's own (no switch)."""
+    """A user to run jobs as (``uid`` None: the server's own, no switch), and its HOME."""
 
     uid: int | None
-    gid: int | None
+    gid: int
     groups: tuple[int, ...]
     home: str
 
@@ -49,7 +49,7 @@ class Accounts:
         self._config = config
         self._store = store
         self._root = os.geteuid() == 0
-        self.own = Account(None, None, (), home_of(os.geteuid()))
+        self.own = Account(None, os.getegid(), (), home_of(os.geteuid()))
         self._cache: dict[str, Account] = {}
 
     def check(self) -> None:

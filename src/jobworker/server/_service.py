@@ -34,6 +34,7 @@ from jobworker import (
     JobworkerError,
     Limits,
     PermissionDenied,
+    RunAs,
     ServiceUnavailable,
 )
 
@@ -242,7 +243,10 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
         # In a thread: finding the account may allocate a uid (a database write), and a
         # start creates cgroups and may clean up a dead worker's.
         account = self._accounts.for_caller(caller)
-        return self._worker.worker.start(_as(account, command), caller.owner_id, limits=limits)
+        run_as = None if account.uid is None else RunAs(account.uid, account.gid, account.groups)
+        return self._worker.worker.start(
+            _as(account, command), caller.owner_id, limits=limits, run_as=run_as
+        )
 
     async def _launch(self, caller: Caller, command: Command, limits: Limits) -> uuid.UUID:
         owner = caller.owner_id

@@ -27,7 +27,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x01\n\x07\x43ommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.jobworker.v1.Command.EnvEntry\x12\x11\n\tunset_env\x18\x04 \x03(\t\x12\x10\n\x03\x63wd\x18\x05 \x01(\tH\x00\x88\x01\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04_cwd\"\xe2\x01\n\x06Limits\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x18\n\x0bio_read_bps\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x14\n\x07io_path\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x11\n\x04pids\x18\x06 \x01(\x04H\x05\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\n\n\x08_io_pathB\x07\n\x05_pids\"\xb1\x01\n\x06Status\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.jobworker.v1.State\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12)\n\tstop_type\x18\x03 \x01(\x0e\x32\x16.jobworker.v1.StopType\x12\x13\n\x06signal\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\noom_killed\x18\x05 \x01(\x08\x42\x0c\n\n_exit_codeB\t\n\x07_signal\"\xfd\x01\n\x05Usage\x12\x18\n\x0b\x63pu_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11memory_peak_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\"\n\x15\x63pu_throttled_periods\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x16\n\toom_kills\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x1c\n\x0fpids_limit_hits\x18\x05 \x01(\x04H\x04\x88\x01\x01\x42\x0e\n\x0c_cpu_secondsB\x14\n\x12_memory_peak_bytesB\x18\n\x16_cpu_throttled_periodsB\x0c\n\n_oom_killsB\x12\n\x10_pids_limit_hits\"\xbc\x02\n\x07JobInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12&\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x15.jobworker.v1.Command\x12\x0b\n\x03pid\x18\x04 \x01(\x03\x12$\n\x06status\x18\x05 \x01(\x0b\x32\x14.jobworker.v1.Status\x12\x10\n\x08log_path\x18\x06 \x01(\t\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06limits\x18\t \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\"\n\x05usage\x18\n \x01(\x0b\x32\x13.jobworker.v1.Usage\"\\\n\x0cStartRequest\x12&\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x15.jobworker.v1.Command\x12$\n\x06limits\x18\x02 \x01(\x0b\x32\x14.jobworker.v1.Limits\"\x1f\n\rStartResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"K\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"3\n\x0cStopResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.jobworker.v1.JobInfo\"\x1e\n\x0cQueryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\rQueryResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.jobworker.v1.JobInfo\"!\n\x0bListRequest\x12\x12\n\nall_owners\x18\x01 \x01(\x08\"3\n\x0cListResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.jobworker.v1.JobInfo\"\x1d\n\x0bWaitRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0cWaitResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.jobworker.v1.JobInfo\"5\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"4\n\x14StreamOutputResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*}\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_UNKNOWN\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x10\n\x0cSTATE_EXITED\x10\x03\x12\x11\n\rSTATE_STOPPED\x10\x04\x12\x12\n\x0eSTATE_SIGNALED\x10\x05*M\n\x08StopType\x12\x19\n\x15STOP_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTOP_TYPE_TERM\x10\x01\x12\x12\n\x0eSTOP_TYPE_KILL\x10\x02\x32\xa5\x03\n\tJobWorker\x12@\n\x05Start\x12\x1a.jobworker.v1.StartRequest\x1a\x1b.jobworker.v1.StartResponse\x12=\n\x04Stop\x12\x19.jobworker.v1.StopRequest\x1a\x1a.jobworker.v1.StopResponse\x12@\n\x05Query\x12\x1a.jobworker.v1.QueryRequest\x1a\x1b.jobworker.v1.QueryResponse\x12=\n\x04List\x12\x19.jobworker.v1.ListRequest\x1a\x1a.jobworker.v1.ListResponse\x12=\n\x04Wait\x12\x19.jobworker.v1.WaitRequest\x1a\x1a.jobworker.v1.WaitResponse\x12W\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\".jobworker.v1.StreamOutputResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x01\n\x07\x43ommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.jobworker.v1.Command.EnvEntry\x12\x11\n\tunset_env\x18\x04 \x03(\t\x12\x10\n\x03\x63wd\x18\x05 \x01(\tH\x00\x88\x01\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04_cwd\"\xe2\x01\n\x06Limits\x12\x10\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmemory_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x18\n\x0bio_read_bps\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x19\n\x0cio_write_bps\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x14\n\x07io_path\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x11\n\x04pids\x18\x06 \x01(\x04H\x05\x88\x01\x01\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\n\n\x08_io_pathB\x07\n\x05_pids\"\xb1\x01\n\x06Status\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.jobworker.v1.State\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12)\n\tstop_type\x18\x03 \x01(\x0e\x32\x16.jobworker.v1.StopType\x12\x13\n\x06signal\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\noom_killed\x18\x05 \x01(\x08\x42\x0c\n\n_exit_codeB\t\n\x07_signal\"\xfd\x01\n\x05Usage\x12\x18\n\x0b\x63pu_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11memory_peak_bytes\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\"\n\x15\x63pu_throttled_periods\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x16\n\toom_kills\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x1c\n\x0fpids_limit_hits\x18\x05 \x01(\x04H\x04\x88\x01\x01\x42\x0e\n\x0c_cpu_secondsB\x14\n\x12_memory_peak_bytesB\x18\n\x16_cpu_throttled_periodsB\x0c\n\n_oom_killsB\x12\n\x10_pids_limit_hits\"1\n\x05RunAs\x12\x0b\n\x03uid\x18\x01 \x01(\r\x12\x0b\n\x03gid\x18\x02 \x01(\r\x12\x0e\n\x06groups\x18\x03 \x03(\r\"\xe1\x02\n\x07JobInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12&\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x15.jobworker.v1.Command\x12\x0b\n\x03pid\x18\x04 \x01(\x03\x12$\n\x06status\x18\x05 \x01(\x0b\x32\x14.jobworker.v1.Status\x12\x10\n\x08log_path\x18\x06 \x01(\t\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06limits\x18\t \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\"\n\x05usage\x18\n \x01(\x0b\x32\x13.jobworker.v1.Usage\x12#\n\x06run_as\x18\x0b \x01(\x0b\x32\x13.jobworker.v1.RunAs\"\\\n\x0cStartRequest\x12&\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x15.jobworker.v1.Command\x12$\n\x06limits\x18\x02 \x01(\x0b\x32\x14.jobworker.v1.Limits\"\x1f\n\rStartResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"K\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"3\n\x0cStopResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.jobworker.v1.JobInfo\"\x1e\n\x0cQueryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\rQueryResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.jobworker.v1.JobInfo\"!\n\x0bListRequest\x12\x12\n\nall_owners\x18\x01 \x01(\x08\"3\n\x0cListResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.jobworker.v1.JobInfo\"\x1d\n\x0bWaitRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0cWaitResponse\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x15.jobworker.v1.JobInfo\"5\n\x13StreamOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"4\n\x14StreamOutputResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*}\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_UNKNOWN\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x10\n\x0cSTATE_EXITED\x10\x03\x12\x11\n\rSTATE_STOPPED\x10\x04\x12\x12\n\x0eSTATE_SIGNALED\x10\x05*M\n\x08StopType\x12\x19\n\x15STOP_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTOP_TYPE_TERM\x10\x01\x12\x12\n\x0eSTOP_TYPE_KILL\x10\x02\x32\xa5\x03\n\tJobWorker\x12@\n\x05Start\x12\x1a.jobworker.v1.StartRequest\x1a\x1b.jobworker.v1.StartResponse\x12=\n\x04Stop\x12\x19.jobworker.v1.StopRequest\x1a\x1a.jobworker.v1.StopResponse\x12@\n\x05Query\x12\x1a.jobworker.v1.QueryRequest\x1a\x1b.jobworker.v1.QueryResponse\x12=\n\x04List\x12\x19.jobworker.v1.ListRequest\x1a\x1a.jobworker.v1.ListResponse\x12=\n\x04Wait\x12\x19.jobworker.v1.WaitRequest\x1a\x1a.jobworker.v1.WaitResponse\x12W\n\x0cStreamOutput\x12!.jobworker.v1.StreamOutputRequest\x1a\".jobworker.v1.StreamOutputResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COMMAND_ENVENTRY']._loaded_options = None
   _globals['_COMMAND_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_STATE']._serialized_start=1861
-  _globals['_STATE']._serialized_end=1986
-  _globals['_STOPTYPE']._serialized_start=1988
-  _globals['_STOPTYPE']._serialized_end=2065
+  _globals['_STATE']._serialized_start=1949
+  _globals['_STATE']._serialized_end=2074
+  _globals['_STOPTYPE']._serialized_start=2076
+  _globals['_STOPTYPE']._serialized_end=2153
   _globals['_COMMAND']._serialized_start=80
   _globals['_COMMAND']._serialized_end=251
   _globals['_COMMAND_ENVENTRY']._serialized_start=201
@@ -50,32 +50,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUS']._serialized_end=660
   _globals['_USAGE']._serialized_start=663
   _globals['_USAGE']._serialized_end=916
-  _globals['_JOBINFO']._serialized_start=919
-  _globals['_JOBINFO']._serialized_end=1235
-  _globals['_STARTREQUEST']._serialized_start=1237
-  _globals['_STARTREQUEST']._serialized_end=1329
-  _globals['_STARTRESPONSE']._serialized_start=1331
-  _globals['_STARTRESPONSE']._serialized_end=1362
-  _globals['_STOPREQUEST']._serialized_start=1364
-  _globals['_STOPREQUEST']._serialized_end=1439
-  _globals['_STOPRESPONSE']._serialized_start=1441
-  _globals['_STOPRESPONSE']._serialized_end=1492
-  _globals['_QUERYREQUEST']._serialized_start=1494
-  _globals['_QUERYREQUEST']._serialized_end=1524
-  _globals['_QUERYRESPONSE']._serialized_start=1526
-  _globals['_QUERYRESPONSE']._serialized_end=1578
-  _globals['_LISTREQUEST']._serialized_start=1580
-  _globals['_LISTREQUEST']._serialized_end=1613
-  _globals['_LISTRESPONSE']._serialized_start=1615
-  _globals['_LISTRESPONSE']._serialized_end=1666
-  _globals['_WAITREQUEST']._serialized_start=1668
-  _globals['_WAITREQUEST']._serialized_end=1697
-  _globals['_WAITRESPONSE']._serialized_start=1699
-  _globals['_WAITRESPONSE']._serialized_end=1750
-  _globals['_STREAMOUTPUTREQUEST']._serialized_start=1752
-  _globals['_STREAMOUTPUTREQUEST']._serialized_end=1805
-  _globals['_STREAMOUTPUTRESPONSE']._serialized_start=1807
-  _globals['_STREAMOUTPUTRESPONSE']._serialized_end=1859
-  _globals['_JOBWORKER']._serialized_start=2068
-  _globals['_JOBWORKER']._serialized_end=2489
+  _globals['_RUNAS']._serialized_start=918
+  _globals['_RUNAS']._serialized_end=967
+  _globals['_JOBINFO']._serialized_start=970
+  _globals['_JOBINFO']._serialized_end=1323
+  _globals['_STARTREQUEST']._serialized_start=1325
+  _globals['_STARTREQUEST']._serialized_end=1417
+  _globals['_STARTRESPONSE']._serialized_start=1419
+  _globals['_STARTRESPONSE']._serialized_end=1450
+  _globals['_STOPREQUEST']._serialized_start=1452
+  _globals['_STOPREQUEST']._serialized_end=1527
+  _globals['_STOPRESPONSE']._serialized_start=1529
+  _globals['_STOPRESPONSE']._serialized_end=1580
+  _globals['_QUERYREQUEST']._serialized_start=1582
+  _globals['_QUERYREQUEST']._serialized_end=1612
+  _globals['_QUERYRESPONSE']._serialized_start=1614
+  _globals['_QUERYRESPONSE']._serialized_end=1666
+  _globals['_LISTREQUEST']._serialized_start=1668
+  _globals['_LISTREQUEST']._serialized_end=1701
+  _globals['_LISTRESPONSE']._serialized_start=1703
+  _globals['_LISTRESPONSE']._serialized_end=1754
+  _globals['_WAITREQUEST']._serialized_start=1756
+  _globals['_WAITREQUEST']._serialized_end=1785
+  _globals['_WAITRESPONSE']._serialized_start=1787
+  _globals['_WAITRESPONSE']._serialized_end=1838
+  _globals['_STREAMOUTPUTREQUEST']._serialized_start=1840
+  _globals['_STREAMOUTPUTREQUEST']._serialized_end=1893
+  _globals['_STREAMOUTPUTRESPONSE']._serialized_start=1895
+  _globals['_STREAMOUTPUTRESPONSE']._serialized_end=1947
+  _globals['_JOBWORKER']._serialized_start=2156
+  _globals['_JOBWORKER']._serialized_end=2577
 # @@protoc_insertion_point(module_scope)

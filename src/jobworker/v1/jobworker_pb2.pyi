@@ -101,8 +101,18 @@ class Usage(_message.Message):
     pids_limit_hits: int
     def __init__(self, cpu_seconds: _Optional[float] = ..., memory_peak_bytes: _Optional[int] = ..., cpu_throttled_periods: _Optional[int] = ..., oom_kills: _Optional[int] = ..., pids_limit_hits: _Optional[int] = ...) -> None: ...
 
+class RunAs(_message.Message):
+    __slots__ = ("uid", "gid", "groups")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    uid: int
+    gid: int
+    groups: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, uid: _Optional[int] = ..., gid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class JobInfo(_message.Message):
-    __slots__ = ("id", "owner_id", "command", "pid", "status", "log_path", "started_at", "ended_at", "limits", "usage")
+    __slots__ = ("id", "owner_id", "command", "pid", "status", "log_path", "started_at", "ended_at", "limits", "usage", "run_as")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +123,7 @@ class JobInfo(_message.Message):
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    RUN_AS_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner_id: str
     command: Command
@@ -123,7 +134,8 @@ class JobInfo(_message.Message):
     ended_at: _timestamp_pb2.Timestamp
     limits: Limits
     usage: Usage
-    def __init__(self, id: _Optional[str] = ..., owner_id: _Optional[str] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., pid: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., log_path: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    run_as: RunAs
+    def __init__(self, id: _Optional[str] = ..., owner_id: _Optional[str] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., pid: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., log_path: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., run_as: _Optional[_Union[RunAs, _Mapping]] = ...) -> None: ...
 
 class StartRequest(_message.Message):
     __slots__ = ("command", "limits")
