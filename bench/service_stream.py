@@ -87,6 +87,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with c.temp_dir("service-stream") as tmp:
         certdir = _svc.certs(tmp / "certs")
         writer = c.compile_writer(tmp)
+        # The service runs the jobs of its TCP owners as users of their own.
+        tmp.chmod(0o755)
         with (
             _svc.bare_server("grpclib", certdir) as bare,
             _svc.service_server(certdir, tmp / "srv") as service,
