@@ -172,7 +172,10 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
         _check_size(command)
         limits = _merge_limits(_wire.limits_from_pb(request.limits), self._default_limits)
         # Shielded: a client that gives up mid-start must not leave a job nobody indexed.
-        call.job = await asyncio.shield(self._launch(call.caller, command, limits))
+        launch = asyncio.ensure_future(self._launch(call.caller, command, limits))
+        # (If nobody awaits it any more, its error has no one to go to.)
+        launch.add_done_callback(lambda t: t.cancelled() or t.exception())
+        call.job = await asyncio.shield(launch)
         await stream.send_message(pb.StartResponse(job_id=str(call.job)))
 
     async def _stop(
