@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -335,3 +337,28 @@ def test_a_stalled_client_costs_the_server_a_bounded_amount(tmp_path: Path) -> N
         run(main())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_the_client_comes_without_the_worker_machinery() -> None:
+    # A command against the service must start fast: the client and the local socket's
+    # address, but not the worker (its reactor, resource control) nor the server.
+    code = (
+        "import sys\n"
+        "from jobworker.client import Client\n"
+        "Client()\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert "jobworker.client" in loaded
+    assert not loaded & {
+        "jobworker._worker",
+        "jobworker._reactor",
+        "jobworker._rescontrol",
+        "jobworker.server._app",
+        "grpclib.server",
+        "cryptography",
+    }
