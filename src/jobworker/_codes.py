@@ -20,8 +20,8 @@ from grpclib.const import Status
 
 from ._errors import (
     CommandNotFound,
+    InvalidArgument,
     InvalidCommand,
-    InvalidRequest,
     JobNotFound,
     JobNotRunning,
     JobworkerError,
@@ -45,7 +45,7 @@ ERRNO_KEY = "jobworker-errno"
 TABLE: tuple[tuple[type[Exception], Status], ...] = (
     (InvalidCommand, Status.INVALID_ARGUMENT),
     (LimitError, Status.INVALID_ARGUMENT),
-    (InvalidRequest, Status.INVALID_ARGUMENT),
+    (InvalidArgument, Status.INVALID_ARGUMENT),
     (JobNotFound, Status.NOT_FOUND),
     # A command that cannot run depends on the server's state (its PATH, its files), so
     # it is not an INVALID_ARGUMENT; NOT_FOUND would read as "no such job".
@@ -63,7 +63,7 @@ TABLE: tuple[tuple[type[Exception], Status], ...] = (
 _BY_NAME: Mapping[str, type[Exception]] = {cls.__name__: cls for cls, _ in TABLE}
 
 _DEFAULTS: Mapping[Status, type[JobworkerError]] = {
-    Status.INVALID_ARGUMENT: InvalidRequest,
+    Status.INVALID_ARGUMENT: InvalidArgument,
     Status.RESOURCE_EXHAUSTED: QuotaExceeded,
     Status.UNAUTHENTICATED: Unauthenticated,
     Status.PERMISSION_DENIED: PermissionDenied,
@@ -76,16 +76,13 @@ _DEFAULTS: Mapping[Status, type[JobworkerError]] = {
 def status_of(error: BaseException) -> tuple[Status, str, dict[str, str]] | None:
     """(code, message, trailing metadata) for an error the server raises on purpose;
     None for anything else (a bug: INTERNAL, and logged)."""
-    if isinstance(error, JobworkerError | ValueError):
+    if isinstance(error, JobworkerError):
         for cls, code in TABLE:
             if isinstance(error, cls):
                 metadata = {ERROR_KEY: cls.__name__}
                 if isinstance(error, StartError) and error.errno is not None:
                     metadata[ERRNO_KEY] = str(error.errno)
                 return code, str(error), metadata
-    if isinstance(error, ValueError):
-        # The library's own argument checks (an offset, a grace) raise plain ValueError.
-        return Status.INVALID_ARGUMENT, str(error), {ERROR_KEY: InvalidRequest.__name__}
     return None
 
 

@@ -14,8 +14,7 @@
         ├── ServiceUnavailable                   unreachable, or shutting down
         ├── Unauthenticated                      TLS or the caller's identity was refused
         ├── PermissionDenied                     an admin-only request from a non-admin
-        ├── QuotaExceeded                        the owner has too many running jobs
-        └── InvalidRequest    (also ValueError)  a malformed request (job id, grace, sizes)
+        └── QuotaExceeded                        the owner has too many running jobs
 
 A job owned by someone else raises ``JobNotFound`` with exactly the message an unknown
 id gets, so that ownership cannot be probed.  The ``ServiceError`` branch is raised only by
@@ -30,7 +29,6 @@ __all__ = [
     "CommandNotFound",
     "InvalidArgument",
     "InvalidCommand",
-    "InvalidRequest",
     "JobNotFound",
     "JobNotRunning",
     "JobworkerError",
@@ -113,7 +111,3 @@ class PermissionDenied(ServiceError):
 
 class QuotaExceeded(ServiceError):
     """The owner already has as many running jobs as the service allows."""
-
-
-class InvalidRequest(ServiceError, ValueError):
-    """The request is malformed: a job id that is not a UUID, a bad grace, too large."""

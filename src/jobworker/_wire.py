@@ -8,12 +8,13 @@ and limits (``InvalidCommand``, ``LimitError``) exactly as it does for local cal
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ._errors import InvalidRequest
+from ._errors import InvalidArgument
 from ._model import Command, JobInfo, Limits, RunAs, State, Status, StopType, Usage
 from .v1 import jobworker_pb2 as pb
 
@@ -64,7 +65,7 @@ def job_id_from_pb(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError:
-        raise InvalidRequest(f"job id must be a UUID, not {text[:64]!r}") from None
+        raise InvalidArgument(f"job id must be a UUID, not {text[:64]!r}") from None
 
 
 def grace_from_pb(request: pb.StopRequest) -> float | None:
@@ -72,7 +73,7 @@ def grace_from_pb(request: pb.StopRequest) -> float | None:
         return None
     grace = request.grace_seconds
     if math.isnan(grace) or grace < 0:
-        raise InvalidRequest(f"grace must be a number of seconds >= 0, not {grace}")
+        raise InvalidArgument(f"grace must be a number of seconds >= 0, not {grace}")
     return grace
 
 
@@ -105,7 +106,7 @@ def limits_to_pb(limits: Limits) -> pb.Limits:
         memory_bytes=limits.memory,
         io_read_bps=limits.io_read_bps,
         io_write_bps=limits.io_write_bps,
-        io_path=limits.io_path,
+        io_path=None if limits.io_path is None else os.fspath(limits.io_path),
         pids=limits.pids,
     )
 

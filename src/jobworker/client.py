@@ -13,7 +13,7 @@ exceptions (``JobNotFound``, ``InvalidCommand``, ``LimitError``, ``CommandNotFou
 exactly where a local ``Worker`` would, translated back from the service's status codes
 through the one table in ``jobworker._codes``; and, for the service itself, the
 ``ServiceError`` branch (``ServiceUnavailable``, ``Unauthenticated``, ``PermissionDenied``,
-``QuotaExceeded``, ``InvalidRequest``).  A call past its deadline raises ``TimeoutError``.
+``QuotaExceeded``, ``InvalidArgument``).  A call past its deadline raises ``TimeoutError``.
 It never prints and never exits.
 """
 

@@ -28,8 +28,8 @@ from grpclib.server import Stream
 from jobworker import (
     AsyncWorker,
     Command,
+    InvalidArgument,
     InvalidCommand,
-    InvalidRequest,
     JobNotFound,
     JobworkerError,
     Limits,
@@ -71,17 +71,17 @@ async def _receive(stream: Stream[_Req, _Resp], request_type: type[_Req]) -> _Re
     raw = stream._stream
     prefix = await raw.recv_data(5)
     if len(prefix) < 5:
-        raise InvalidRequest("no request message")
+        raise InvalidArgument("no request message")
     compressed, length = struct.unpack(">?I", prefix)
     if compressed:
-        raise InvalidRequest("compressed requests are not accepted")
+        raise InvalidArgument("compressed requests are not accepted")
     if length > MAX_REQUEST:
-        raise InvalidRequest(f"request of {length} bytes is larger than {MAX_REQUEST}")
+        raise InvalidArgument(f"request of {length} bytes is larger than {MAX_REQUEST}")
     data = await raw.recv_data(length)
     try:
         return request_type.FromString(data)
     except DecodeError as e:
-        raise InvalidRequest(f"malformed request: {e}") from None
+        raise InvalidArgument(f"malformed request: {e}") from None
 
 
 def _check_size(command: Command) -> None:
