@@ -551,3 +551,36 @@ def test_the_kernel_keeps_owners_apart(server: ServerThread, pki: Pki) -> None:
             await alice.stop(victim, grace=0)
 
     run(main())
+
+
+def test_job_info_crosses_the_wire_whole() -> None:
+    import dataclasses
+    from pathlib import Path as P
+
+    from jobworker import JobInfo, RunAs, Usage, _wire
+
+    info = JobInfo(
+        id=uuid.uuid4(),
+        command=Command("env", ["-0", "x y"], env={"A": "1", "B": None}, cwd="/srv"),
+        pid=4242,
+        owner_id=owner_id("alice"),
+        status=Status.signaled(9, oom_killed=True),
+        log_path=P("/var/lib/jobworker/logs/env_4242.log"),
+        started_at=1795996557.968577,
+        ended_at=1795996558.172052,
+        limits=Limits(cpu=0.5, memory=1 << 28, io_read_bps=1000, io_path="/", pids=7),
+        usage=Usage(cpu_seconds=0.25, memory_peak=1 << 20, oom_kills=1, pids_limit_hits=0),
+        run_as=RunAs(61184, 61184, (5, 6)),
+    )
+    back = _wire.info_from_pb(_wire.info_to_pb(info))
+    assert back.started_at == pytest.approx(info.started_at, abs=1e-6)
+    assert back.ended_at == pytest.approx(info.ended_at, abs=1e-6)
+    assert dataclasses.replace(back, started_at=info.started_at, ended_at=info.ended_at) == info
+    for status in (Status.running(), Status.exited(3), Status.stopped(StopType.KILL)):
+        running = dataclasses.replace(info, status=status, ended_at=None, run_as=None)
+        assert (
+            dataclasses.replace(
+                _wire.info_from_pb(_wire.info_to_pb(running)), started_at=info.started_at
+            )
+            == running
+        )
