@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import sys
 import threading
 import uuid
+from types import FrameType
 
 import pytest
 
-from jobworker import AsyncWorker, Command, LogUnavailable, Worker
+from jobworker import AsyncWorker, Command, LogUnavailable, Worker, _follow
 
-from conftest import PY
+from conftest import PY, open_fds
 
 # A job that prints a line whenever its parent (the test) writes a byte into a fifo.
 STEP = (
@@ -241,3 +244,125 @@ def test_hundreds_of_jobs_and_readers_share_one_reactor_thread(
             assert out == b"".join(b"%d\n" % k for k in range(1, 1001 + i))
 
     asyncio.run(main())
+
+
+def _close_at_line(worker: Worker, owner: uuid.UUID, job: uuid.UUID, k: int) -> bool:
+    """Start a read() that must wait, stop its thread at its k-th line event in the
+    reader's module, close the reader from this thread there, and check that the read
+    ends (with the closed reader's error) within a bounded wait.  Returns whether the
+    read got as far as its k-th line before blocking."""
+    r = worker.stream(job, owner, offset=1)
+    paused, resume = threading.Event(), threading.Event()
+    lines = 0
+    outcome: list[BaseException | bytes] = []
+
+    def tracer(frame: FrameType, event: str, arg: object) -> object:
+        nonlocal lines
+        if frame.f_code.co_filename == _follow.__file__ and event == "line":
+            lines += 1
+            if lines == k:
+                paused.set()
+                resume.wait()
+        elif event == "call" and frame.f_code.co_name == "wait":
+            paused.set()  # about to block: every line before it was tried
+        return tracer
+
+    def read() -> None:
+        sys.settrace(tracer)  # type: ignore[arg-type]
+        try:
+            outcome.append(r.read(1))
+        except BaseException as e:
+            outcome.append(e)
+        finally:
+            sys.settrace(None)
+
+    t = threading.Thread(target=read)
+    t.start()
+    assert paused.wait(10)
+    reached = lines >= k
+    if r._io.locked():
+        # Stopped holding the reader's own lock, which close() waits for.
+        resume.set()
+    r.close()
+    resume.set()
+    t.join(5)
+    assert not t.is_alive(), f"close() at line event {k} of read() was lost"
+    assert len(outcome) == 1 and isinstance(outcome[0], ValueError), outcome
+    return reached
+
+
+def test_close_from_another_thread_is_never_lost(worker: Worker, owner: uuid.UUID) -> None:
+    # A close() that lands anywhere in a read() waiting for more must end that read.
+    # Rather than hoping two threads collide at the right instant, the reading thread
+    # stops at each line of the reader's code in turn and the closing thread runs
+    # close() in full there.  The sweep ends once a read blocks before its k-th line.
+    job = worker.start(Command("sh", ["-c", "printf x; exec sleep 1000"]), owner)
+    try:
+        for _ in range(3):
+            k = 1
+            while _close_at_line(worker, owner, job, k):
+                k += 1
+            assert k > 5  # the sweep went through read(), not stopped at once
+    finally:
+        worker.stop(job, owner, grace=0)
+
+
+def test_iterating_a_stream_to_its_end_releases_it(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("seq", ["1", "1000"]), owner)
+    worker.wait(job, owner, timeout=10)
+    expected = b"".join(b"%d\n" % i for i in range(1, 1001))
+    before = open_fds()
+    # The README's patterns, without a with block: nothing may stay open.
+    assert b"".join(worker.stream(job, owner)) == expected
+    assert open_fds() == before
+
+    async def main() -> bytes:
+        return b"".join([c async for c in AsyncWorker(worker).stream(job, owner)])
+
+    assert asyncio.run(main()) == expected
+    assert open_fds() == before
+    # Iteration that ends in an error releases the reader too.
+    worker.query(job, owner).log_path.write_bytes(b"12")  # the same file, cut short
+    with pytest.raises(LogUnavailable):
+        for _ in worker.stream(job, owner):
+            pass
+    assert open_fds() == before
+
+
+def test_an_unclosed_reader_is_released_when_collected(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("sh", ["-c", "printf x; exec sleep 1000"]), owner)
+    before = open_fds()
+    r = worker.stream(job, owner)
+    assert r.read(1) == b"x"
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        del r
+        gc.collect()
+    assert open_fds() == before
+
+    async def main() -> None:
+        aw = AsyncWorker(worker)
+        async for chunk in aw.stream(job, owner):
+            assert chunk == b"x"
+            break  # abandoned, never closed
+        with pytest.warns(ResourceWarning, match="unclosed"):
+            # asyncio finalizes the abandoned iterator on a later turn of the loop.
+            for _ in range(10):
+                await asyncio.sleep(0)
+            gc.collect()
+
+    asyncio.run(main())
+    assert open_fds() == before
+    worker.stop(job, owner, grace=0)
+
+
+def test_an_async_reader_resumes_from_an_offset(worker: Worker, owner: uuid.UUID) -> None:
+    job = worker.start(Command("seq", ["1", "1000"]), owner)
+    worker.wait(job, owner, timeout=10)
+    expected = b"".join(b"%d\n" % i for i in range(1, 1001))
+
+    async def main() -> bytes:
+        async with AsyncWorker(worker).stream(job, owner, offset=1000) as r:
+            assert r.offset == 1000
+            return b"".join([c async for c in r])
+
+    assert asyncio.run(main()) == expected[1000:]

@@ -9,6 +9,9 @@ only falls behind in the file; the job and the other readers never wait for it.
 
 EOF is reported only once the job has ended *and* the reader has read every byte the
 job's log received.
+
+Iterating a reader to its end (or to an error) closes it, and a reader nobody closed is
+closed when it is collected, with a ``ResourceWarning``, as a file is.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 
@@ -43,6 +47,8 @@ def _open_log(job: Job) -> int:
 
 
 class _ReaderBase:
+    _fd = -1  # (until opened: a reader whose opening failed has nothing to release)
+
     def __init__(self, job: Job, offset: int = 0) -> None:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be an integer >= 0, not {offset!r}")
@@ -87,6 +93,16 @@ class _ReaderBase:
                 os.close(self._fd)
                 self._fd = -1
 
+    def __del__(self) -> None:
+        if self._fd >= 0:
+            self._release()
+            warnings.warn(
+                f"unclosed {type(self).__name__} of job {self._job.id}",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+
 
 class LogReader(_ReaderBase):
     """A blocking, binary reader of a job's output from byte ``offset`` (0: the first)."""
@@ -102,15 +118,30 @@ class LogReader(_ReaderBase):
         if size == 0:
             return b""
         while True:
+            # Cleared before looking, not after: a close() from another thread that
+            # lands between the look and the wait must still end the wait.
+            self._wake.clear()
             data = self._read_now(size)
             if data is not None:
                 return data
-            self._wake.clear()
             if self._job.wait_for_more(self._pos, self._wake.set):
                 self._wake.wait()
+                if self._fd < 0:  # closed meanwhile: leave no waiter behind
+                    self._job.forget(self._wake.set)
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(lambda: self.read(CHUNK), b"")
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[bytes]:
+        # The end of the stream, or an error, ends the reader: `for chunk in
+        # worker.stream(...)` has no with block to close it.
+        try:
+            while chunk := self.read(CHUNK):
+                yield chunk
+        except Exception:
+            self.close()
+            raise
+        self.close()
 
     def fileno(self) -> int:
         return self._fd
@@ -164,8 +195,15 @@ class AsyncLogReader(_ReaderBase):
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        while chunk := await self.read():
-            yield chunk
+        # As LogReader._chunks.  (Abandoned early, the reader stays open, and usable:
+        # asyncio finalizes an abandoned generator at some later turn of the loop.)
+        try:
+            while chunk := await self.read():
+                yield chunk
+        except Exception:
+            self.close()
+            raise
+        self.close()
 
     async def aclose(self) -> None:
         self.close()
