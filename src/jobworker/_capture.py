@@ -22,13 +22,7 @@ alternatives:
   taking it out of the pipe.  In C, with either read+write or splice, that caps pipe
   capture at about 0.6x of the redirect for 64 KiB writes on this machine.
 
-The log is created by the job's child process itself, between clone and exec
-(``_spawn``), as ``{name}_{pid}.log`` with ``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600,
-relative to the log directory's fd: a stale log, a pid-reuse leftover or a hostile
-symlink at that path makes it take ``{name}_{pid}.1.log`` ... ``.9.log`` instead, then
-names with 64 random bits (``{name}_{pid}.{16 hex digits}.log``) for as long as it
-takes, so that names planted in a shared directory cannot block a start; and a log that
-cannot be created means the program never runs.
+The log itself, from its name to its removal, is ``_logstore``'s.
 """
 
 from __future__ import annotations
@@ -37,13 +31,11 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import threading
-from pathlib import Path
 
 from ._fds import new_pipe
 
-__all__ = ["LogFile", "LogWriteError", "OutputPipe", "log_base"]
+__all__ = ["LogWriteError", "OutputPipe"]
 
 PIPE_SIZE = 1 << 20
 # A read at least this large shows a writer producing in bulk: time for the large pipe.
@@ -51,41 +43,6 @@ PIPE_SIZE = 1 << 20
 # the pipes from filling, but the small pipes cost the writers 60% more CPU.)
 GROW_AT = 1 << 12
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
-
-
-def log_base(command_name: str) -> str:
-    """The basename of the command, made safe for a file name: logs are
-    ``{base}_{pid}.log``."""
-    return _UNSAFE.sub("_", os.path.basename(command_name.rstrip("/")))[:64] or "job"
-
-
-class LogFile:
-    """A job's log: written by the worker only, read by any number of followers."""
-
-    def __init__(self, fd: int, directory: Path, dir_fd: int, name: str) -> None:
-        """Take over ``fd``, the new log ``name`` in ``directory`` (``dir_fd``)."""
-        self.fd = fd
-        self.path = directory / name
-        self._dir_fd = dir_fd
-        self._name = name
-        try:
-            st = os.fstat(fd)
-        except BaseException:
-            self.discard()
-            raise
-        self.identity = (st.st_dev, st.st_ino)
-
-    def discard(self) -> None:
-        """Remove the log (its job never started)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._name, dir_fd=self._dir_fd)
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class LogWriteError(OSError):

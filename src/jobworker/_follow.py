@@ -25,25 +25,11 @@ from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 
 from ._errors import LogUnavailable
-from ._fds import above_stdio
 from ._job import Job
 
 __all__ = ["AsyncLogReader", "LogReader", "resolve_soon"]
 
 CHUNK = 1 << 16
-
-
-def _open_log(job: Job) -> int:
-    try:
-        fd = above_stdio(os.open(job.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
-    except OSError as e:
-        raise LogUnavailable(f"log of job {job.id} is unavailable: {e.strerror}") from None
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != job.log_identity:
-        # The name now points at another file (deleted and recreated): not our log.
-        os.close(fd)
-        raise LogUnavailable(f"log of job {job.id} is unavailable: it was replaced")
-    return fd
 
 
 class _ReaderBase:
@@ -56,7 +42,7 @@ class _ReaderBase:
         # Held around each pread and the close: a reader closed from another thread
         # must not have its fd number reused by someone else's file mid-read.
         self._io = threading.Lock()
-        self._fd = _open_log(job)
+        self._fd = job.log.open_reader()
         # Past the end of a running job's output, the reader waits for it to get there.
         self._pos = offset
 

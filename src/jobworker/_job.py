@@ -33,9 +33,10 @@ import time
 import uuid
 from collections.abc import Callable
 
-from ._capture import LogFile, LogWriteError, OutputPipe
+from ._capture import LogWriteError, OutputPipe
 from ._errors import InvalidArgument, JobNotRunning
 from ._fds import above_stdio
+from ._logstore import LogFile
 from ._model import Command, JobInfo, Limits, RunAs, Status, StopType
 from ._orphans import Orphans, is_reaper
 from ._pipewatch import PipeSource
@@ -101,9 +102,7 @@ class Job:
         self.limits = limits
         self.run_as = run_as
         self.pid = process.pid
-        assert logfile.path is not None
-        self.log_path = logfile.path
-        self.log_identity = logfile.identity
+        self.log = logfile
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.status = Status.running()
@@ -114,7 +113,6 @@ class Job:
         self._end_waiters: list[Waiter] = []
         self._process = process
         self._pipe = pipe
-        self._log = logfile
         self._group = group
         self._reactor = reactor
         self._orphans = orphans
@@ -172,7 +170,7 @@ class Job:
         self._process.reap_killed()
         self._orphans.mains.discard(self.pid)
         self._pipe.close()
-        self._log.discard()
+        self.log.discard()
         try:
             self._group.remove()
         except OSError:
@@ -216,7 +214,7 @@ class Job:
             pid=self.pid,
             owner_id=self.owner_id,
             status=status,
-            log_path=self.log_path,
+            log_path=self.log.path,
             started_at=self.started_at,
             ended_at=ended_at,
             limits=self.limits,
@@ -303,7 +301,7 @@ class Job:
         """Copy one read's worth of output into the log; return the bytes read."""
         if not self._pipe_open:
             return 0
-        log_fd = None if self._log_failed else self._log.fd
+        log_fd = None if self._log_failed else self.log.fd
         try:
             got, eof = self._pipe.copy_once(log_fd, self._reactor.scratch)
             moved = 0 if self._log_failed else got
@@ -467,7 +465,7 @@ class Job:
             self._reactor.unregister(self._events_fd)
             os.close(self._events_fd)
             self._events_fd = -1
-        self._log.close()
+        self.log.close()
         status = self._final_status()
         if remove_group:
             try:

@@ -14,11 +14,10 @@ import errno
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from . import _spawn
-from ._capture import log_base
 from ._errors import CommandNotFound, InvalidCommand, StartError
+from ._logstore import LogStore
 from ._model import Command, RunAs
 
 __all__ = ["Process", "encode_env", "prepare"]
@@ -101,12 +100,11 @@ class Process:
         envp: Sequence[str | bytes],
         out_fd: int,
         cgroup_procs: Sequence[str],
-        log_dir: Path,
-        log_dir_fd: int,
+        logs: LogStore,
         run_as: RunAs | None = None,
         nofile: int = -1,
     ) -> tuple[Process, int, str]:
-        """Start the process, and create its log in ``log_dir`` (``log_dir_fd``).
+        """Start the process, and create its log in ``logs``.
 
         ``run_as``: the user the program runs as (None: the worker's).  ``nofile``: the
         soft ``RLIMIT_NOFILE`` it gets (-1: the worker's).  Returns the process, the
@@ -120,14 +118,16 @@ class Process:
             command.cwd,
             out_fd,
             cgroup_procs,
-            log_dir_fd,
-            log_base(command.name),
+            logs.dir_fd,
+            logs.base_name(command.name),
             ids,
             nofile,
         )
         if stage == _spawn.STAGE_OK:
             return cls(pid, pidfd), log_fd, os.fsdecode(log_name)
-        raise _start_error(command, paths, stage, err, log_dir, run_as)
+        if stage == _spawn.STAGE_LOG:
+            raise logs.create_error(err)
+        raise _start_error(command, paths, stage, err, run_as)
 
     def send(self, sig: int, *, group: bool) -> None:
         """Signal the process (and its whole process group), unless already reaped."""
@@ -182,12 +182,9 @@ def _start_error(
     paths: Sequence[str],
     stage: int,
     err: int,
-    log_dir: Path,
     run_as: RunAs | None = None,
 ) -> StartError:
     name = command.name
-    if stage == _spawn.STAGE_LOG:
-        return StartError(err, f"cannot create a log in {log_dir}: {os.strerror(err)}")
     if stage == _spawn.STAGE_EXEC:
         return _exec_error(name, paths, err)
     if stage == _spawn.STAGE_CWD:

@@ -15,14 +15,13 @@ import signal
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-from ._capture import LogFile, OutputPipe
+from ._capture import OutputPipe
 from ._errors import InvalidCommand, JobNotRunning, LimitError, StartError
-from ._fds import above_stdio
 from ._follow import LogReader
 from ._job import Job, check_grace
 from ._jobtable import JobTable, check_id
+from ._logstore import LogStore
 from ._model import Command, JobInfo, Limits, RunAs
 from ._orphans import Orphans
 from ._process import Process, encode_env, prepare
@@ -66,7 +65,8 @@ def _raise_fd_limit() -> int:
 class Worker:
     """Runs jobs; thread-safe.  Use as a context manager, or call ``close()``.
 
-    ``log_dir`` holds the logs (default ``/tmp``).  ``resource_control`` picks how jobs
+    ``log_dir`` holds the logs (default ``/tmp``); it is opened once, so moving it later
+    changes nothing for the worker's streams.  ``resource_control`` picks how jobs
     are limited and contained; by default the best this machine offers (``detect()``).
     ``grace`` is the default time ``stop`` gives a job between SIGTERM and SIGKILL.
     ``env`` is the environment jobs inherit (default: this process's, as it is now).
@@ -80,7 +80,6 @@ class Worker:
         grace: float = DEFAULT_GRACE,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.log_dir = Path(log_dir).absolute()
         self.grace = check_grace(grace)
         self._env = dict(os.environ if env is None else env)
         self._envp = encode_env(self._env)  # raises ValueError on a bad name or a NUL
@@ -90,11 +89,8 @@ class Worker:
         self._closing = threading.Lock()
         self._closed = False
         self._job_nofile = _raise_fd_limit()
-        # Logs are created relative to this descriptor, so the directory cannot be
-        # swapped for another (or a symlink) between one job and the next.
-        self._log_dir_fd = above_stdio(
-            os.open(self.log_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        )
+        self._logs = LogStore(log_dir)
+        self.log_dir = self._logs.path
         try:
             self.resource_control = resource_control if resource_control is not None else detect()
             try:
@@ -105,7 +101,7 @@ class Worker:
                     self.resource_control.close()
                 raise
         except BaseException:
-            os.close(self._log_dir_fd)
+            self._logs.close()
             raise
         if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
             log.warning(
@@ -177,12 +173,11 @@ class Worker:
                 envp,
                 pipe.write_fd,
                 group.procs_files,
-                self.log_dir,
-                self._log_dir_fd,
+                self._logs,
                 run_as,
                 self._job_nofile,
             )
-            logfile = LogFile(log_fd, self.log_dir, self._log_dir_fd, log_name)
+            logfile = self._logs.adopt(log_fd, log_name, job_id)
         except BaseException as e:
             if process is not None:
                 # Started but not set up: take it down before saying so.
@@ -191,7 +186,7 @@ class Worker:
                     group.kill()
                 process.reap_killed()
             if logfile is not None:  # (only an interrupt lands after its creation)
-                logfile.discard()
+                self._logs.discard(logfile)
             if pipe is not None:
                 pipe.close()
             if group is not None:
@@ -272,7 +267,7 @@ class Worker:
                 self.resource_control.close()
             finally:
                 self._closed = True
-                os.close(self._log_dir_fd)
+                self._logs.close()
 
     def __enter__(self) -> Worker:
         return self
