@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from jobworker import AsyncWorker, Command, ResourceControl, Status, Worker, _spawn
+from jobworker import AsyncWorker, Command, Worker, _spawn
 
-from conftest import PY, run_python, small_tmpfs
+from conftest import PY, run_python
 
 
 def test_interleaved_stdout_and_stderr_in_write_order(worker: Worker, owner: uuid.UUID) -> None:
@@ -226,22 +226,3 @@ def test_sigpipe_is_default_in_the_job(worker: Worker, owner: uuid.UUID) -> None
     with worker.stream(job, owner) as r:
         assert r.read() == b"y\ny"
     assert worker.query(job, owner).status.exit_code == 0
-
-
-def test_full_disk_keeps_what_fit_and_never_blocks_the_job(
-    tmp_path: Path, owner: uuid.UUID, control: ResourceControl
-) -> None:
-    with (
-        small_tmpfs(tmp_path / "small", "size=1m") as small,
-        Worker(small, resource_control=control) as w,
-    ):
-        # 4 MiB into a 1 MiB filesystem: the job must still run to its end.
-        code = "import os\nfor _ in range(64): os.write(1, b'x' * 65536)\nprint('done')"
-        job = w.start(Command(PY, ["-c", code]), owner)
-        with w.stream(job, owner) as r:
-            data = r.read()
-        info = w.wait(job, owner, timeout=30)
-        assert info.status == Status.exited(0)
-        logged = info.log_path.read_bytes()
-        assert data == logged  # readers get exactly what the log holds
-        assert 0 < len(logged) <= 1 << 20 and set(logged) == {ord("x")}

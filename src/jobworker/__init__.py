@@ -28,7 +28,18 @@ from ._errors import (
     Unauthenticated,
     WorkerClosed,
 )
-from ._model import Command, JobInfo, Limits, RunAs, State, Status, StopType, Usage
+from ._model import (
+    Command,
+    JobInfo,
+    Limits,
+    LogLoss,
+    LossCause,
+    RunAs,
+    State,
+    Status,
+    StopType,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from ._aio import AsyncWorker
@@ -51,8 +62,10 @@ __all__ = [
     "JobworkerError",
     "LimitError",
     "Limits",
+    "LogLoss",
     "LogReader",
     "LogUnavailable",
+    "LossCause",
     "NoCgroups",
     "PermissionDenied",
     "QuotaExceeded",

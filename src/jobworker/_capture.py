@@ -28,14 +28,14 @@ The log itself, from its name to its removal, is ``_logstore``'s.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import threading
+from collections.abc import Callable
 
 from ._fds import new_pipe
 
-__all__ = ["LogWriteError", "OutputPipe"]
+__all__ = ["OutputPipe"]
 
 PIPE_SIZE = 1 << 20
 # A read at least this large shows a writer producing in bulk: time for the large pipe.
@@ -43,16 +43,6 @@ PIPE_SIZE = 1 << 20
 # the pipes from filling, but the small pipes cost the writers 60% more CPU.)
 GROW_AT = 1 << 12
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-
-
-class LogWriteError(OSError):
-    """The log refused a write (disk full, ...): of ``read`` bytes taken from the pipe,
-    ``moved`` did reach it."""
-
-    def __init__(self, err: int, strerror: str, read: int, moved: int) -> None:
-        super().__init__(err, strerror)
-        self.read = read
-        self.moved = moved
 
 
 # The write ends the worker holds while their jobs start (from the pipe's creation until
@@ -127,12 +117,14 @@ class OutputPipe:
                 os.close(self.write_fd)
             self.write_fd = -1
 
-    def copy_once(self, log_fd: int | None, buffer: bytearray) -> tuple[int, bool]:
-        """One read of what the pipe holds, into the log: (bytes moved, writers all gone).
+    def copy_once(
+        self, sink: Callable[[memoryview], object], buffer: bytearray
+    ) -> tuple[int, bool]:
+        """One read of what the pipe holds, handed to ``sink``: (bytes read, writers all
+        gone).
 
         ``(0, False)`` means the pipe is empty now.  ``buffer`` is scratch space owned by
         the calling thread; one read empties the pipe when it is as large as the pipe.
-        With ``log_fd`` None the bytes are thrown away (the log takes no more).
         """
         try:
             n = os.readv(self.read_fd, [buffer])
@@ -142,13 +134,5 @@ class OutputPipe:
             return 0, True
         if n >= GROW_AT and not self._grown:
             self._grow()
-        if log_fd is None:
-            return n, False
-        view = memoryview(buffer)
-        done = 0
-        try:
-            while done < n:
-                done += os.write(log_fd, view[done:n])
-        except OSError as e:
-            raise LogWriteError(e.errno or errno.EIO, e.strerror or str(e), n, done) from e
+        sink(memoryview(buffer)[:n])
         return n, False

@@ -8,7 +8,9 @@ writer, never polls, and costs the job nothing while it is not waiting.  A slow 
 only falls behind in the file; the job and the other readers never wait for it.
 
 EOF is reported only once the job has ended *and* the reader has read every byte the
-job's log received.
+job's log received.  A log cut short (``_logstore``: a full disk, a file truncated by
+someone else) has no EOF: a reader that has read every byte it holds gets
+``LogUnavailable`` instead, at once, whether the job has ended or not.
 
 Iterating a reader to its end (or to an error) closes it, and a reader nobody closed is
 closed when it is collected, with a ``ResourceWarning``, as a file is.
@@ -18,18 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 import threading
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 
-from ._errors import LogUnavailable
 from ._job import Job
 
 __all__ = ["AsyncLogReader", "LogReader", "resolve_soon"]
 
 CHUNK = 1 << 16
+
+
+class _Wait(enum.Enum):
+    MORE = "more"  # output beyond the reader's position, or the end
+    CHECK = "check"  # the writer's check of where its write under way landed
 
 
 class _ReaderBase:
@@ -39,12 +46,15 @@ class _ReaderBase:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be an integer >= 0, not {offset!r}")
         self._job = job
+        self._log = job.log
         # Held around each pread and the close: a reader closed from another thread
         # must not have its fd number reused by someone else's file mid-read.
         self._io = threading.Lock()
         self._fd = job.log.open_reader()
         # Past the end of a running job's output, the reader waits for it to get there.
         self._pos = offset
+        # Read at _pos, and the log's write count then, until those writes are checked.
+        self._pending: tuple[bytes, int] | None = None
 
     @property
     def closed(self) -> bool:
@@ -55,23 +65,50 @@ class _ReaderBase:
         """The offset of the next byte this reader returns."""
         return self._pos
 
-    def _read_now(self, size: int) -> bytes | None:
-        """Bytes available now; b"" at the real end; None if the caller must wait."""
+    def _read_now(self, size: int) -> bytes | _Wait:
+        """Bytes available now; b"" at the real end; or what the caller must wait for
+        (``_wait_for``)."""
+        log = self._log
         # Look at the count before reading, so bytes counted are bytes readable.
         ended = self._job.ended.is_set()
-        available = self._job.written - self._pos
+        limit = log.limit
+        short = False
         with self._io:
             if self._fd < 0:
                 raise ValueError("I/O operation on closed reader")
-            if available <= 0:
-                return b"" if ended else None
-            data = os.pread(self._fd, min(size, available), self._pos)
-        if not data:
-            # The worker wrote those bytes: someone cut the file short.  b"" would say
-            # "the end", which it is not.
-            raise LogUnavailable(f"log of job {self._job.id} is unavailable: it was truncated")
-        self._pos += len(data)
-        return data
+            if self._pending is None:
+                available = limit - self._pos
+                if available <= 0:
+                    if log.ended_short:
+                        raise log.cut_short()
+                    return b"" if ended else _Wait.MORE
+                want = min(size, available)
+                data = os.pread(self._fd, want, self._pos)
+                # Any write begun until now may have put bytes in that range at the
+                # wrong offset, in a file cut meanwhile (_logstore): they are kept once
+                # the writer has checked where each of those writes landed.
+                self._pending = data, log.begun
+                short = len(data) < want
+            data, since = self._pending
+        if short:
+            # The worker wrote those bytes: someone cut the file short.  Stopping there
+            # with b"" would say "the end", which it is not.
+            self._job.log_found_short(self._pos + len(data))
+        keep = log.readable(self._pos, len(data), since)
+        if keep is None:
+            return _Wait.CHECK
+        self._pending = None
+        keep = min(keep, size)
+        if keep == 0:
+            raise log.cut_short()
+        self._pos += keep
+        return data if keep == len(data) else data[:keep]
+
+    def _wait_for(self, what: _Wait, waiter: Callable[[], None]) -> bool:
+        """Hand the job ``waiter`` for ``what``; False if it came meanwhile."""
+        if what is _Wait.CHECK and self._pending is not None:
+            return self._job.wait_for_check(self._pending[1], waiter)
+        return self._job.wait_for_more(self._pos, waiter)
 
     def _release(self) -> None:
         with self._io:
@@ -108,9 +145,9 @@ class LogReader(_ReaderBase):
             # lands between the look and the wait must still end the wait.
             self._wake.clear()
             data = self._read_now(size)
-            if data is not None:
+            if not isinstance(data, _Wait):
                 return data
-            if self._job.wait_for_more(self._pos, self._wake.set):
+            if self._wait_for(data, self._wake.set):
                 self._wake.wait()
                 if self._fd < 0:  # closed meanwhile: leave no waiter behind
                     self._job.forget(self._wake.set)
@@ -156,7 +193,7 @@ class AsyncLogReader(_ReaderBase):
         super().__init__(job, offset)
 
     def _wake(self) -> None:
-        # Called on the reactor thread.
+        # Called on the reactor thread (or on a reader's, that found the log cut).
         fut = self._future
         if fut is not None:
             resolve_soon(self._loop, fut)
@@ -167,10 +204,10 @@ class AsyncLogReader(_ReaderBase):
             raise ValueError("size must be positive")
         while True:
             data = self._read_now(size)
-            if data is not None:
+            if not isinstance(data, _Wait):
                 return data
             self._future = self._loop.create_future()
-            if self._job.wait_for_more(self._pos, self._wake):
+            if self._wait_for(data, self._wake):
                 try:
                     await self._future
                 finally:

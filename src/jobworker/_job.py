@@ -13,7 +13,7 @@ A job *ends* when all of these hold, in this order of events:
 
 Only then are status and ``ended_at`` set and readers told, so a reader that sees the
 end has seen every byte.  All of this runs on the reactor thread; ``lock`` guards only
-what other threads read (status, byte count, waiters).
+what other threads read (status, waiters); the byte count is the log's (``_logstore``).
 
 Steps 2 and 4 open files (``cgroup.kill``, ``cgroup.events``, ``/proc``), which fails
 while the process is out of descriptors.  Such a step is tried again on a timer until it
@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from ._capture import LogWriteError, OutputPipe
+from ._capture import OutputPipe
 from ._errors import InvalidArgument, JobNotRunning
 from ._fds import above_stdio
 from ._logstore import LogFile
@@ -107,7 +107,6 @@ class Job:
         self.ended_at: float | None = None
         self.status = Status.running()
         self.lock = threading.Lock()
-        self.written = 0  # bytes in the log; readers read up to here
         self.ended = threading.Event()
         self._waiters: list[Waiter] = []  # one-shot: called on the next bytes or the end
         self._end_waiters: list[Waiter] = []
@@ -130,7 +129,6 @@ class Job:
         self._events_fd = -1
         self._pipe_open = True
         self._pipe_source = PipeSource(pipe.read_fd, self._on_output)
-        self._log_failed = False
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -179,15 +177,36 @@ class Job:
     # -- reader side (any thread) -------------------------------------------------------
 
     def wait_for_more(self, seen: int, waiter: Waiter) -> bool:
-        """Register ``waiter`` unless bytes beyond ``seen`` or the end already came.
+        """Register ``waiter`` unless bytes beyond ``seen``, a cut log or the end already
+        came.
 
         Returns True if the waiter was registered (the caller must wait for it).
         """
         with self.lock:
-            if self.written > seen or self.ended.is_set():
+            # The log's fields change before its waiters are taken (under this lock),
+            # so what is read here is either seen or followed by a wake-up.
+            log = self.log
+            if log.limit > seen or log.ended_short or self.ended.is_set():
                 return False
             self._waiters.append(waiter)
             return True
+
+    def wait_for_check(self, since: int, waiter: Waiter) -> bool:
+        """Register ``waiter`` unless the log's writes up to number ``since`` have all
+        been checked (``_logstore``); each write's check wakes waiters.
+
+        Returns True if the waiter was registered (the caller must wait for it).
+        """
+        with self.lock:
+            if self.log.checked >= since:
+                return False
+            self._waiters.append(waiter)
+            return True
+
+    def log_found_short(self, size: int) -> None:
+        """A reader found the log ``size`` bytes long, short of what it should hold."""
+        if self.log.note_short(size):
+            _wake_all(self._take_waiters())
 
     def forget(self, waiter: Waiter) -> None:
         with self.lock, contextlib.suppress(ValueError):
@@ -220,6 +239,7 @@ class Job:
             limits=self.limits,
             usage=self._group.usage(),
             run_as=self.run_as,
+            log_loss=self.log.loss(),
         )
 
     # -- stop ---------------------------------------------------------------------------
@@ -301,26 +321,18 @@ class Job:
         """Copy one read's worth of output into the log; return the bytes read."""
         if not self._pipe_open:
             return 0
-        log_fd = None if self._log_failed else self.log.fd
-        try:
-            got, eof = self._pipe.copy_once(log_fd, self._reactor.scratch)
-            moved = 0 if self._log_failed else got
-        except LogWriteError as e:
-            # The log takes no more (disk full, ...).  Keep what reached it, and from
-            # now on drain the pipe into nothing, so the job never blocks on it.
-            log.error("jobworker: job %s: log write failed (%s); discarding", self.id, e)
-            self._log_failed = True
-            got, moved, eof = e.read, e.moved, False
-        if moved:
-            _wake_all(self._advance(moved))
+        # A log that takes no more (disk full, cut) only counts what it is handed: the
+        # pipe is drained all the same, so the job never blocks on it.
+        got, eof = self._pipe.copy_once(self.log.append, self._reactor.scratch)
+        if got:
+            _wake_all(self._take_waiters())
         if eof:
             self._close_pipe()
             self._maybe_finish()
         return got
 
-    def _advance(self, moved: int) -> list[Waiter]:
+    def _take_waiters(self) -> list[Waiter]:
         with self.lock:
-            self.written += moved
             waiters, self._waiters = self._waiters, []
         return waiters
 
@@ -465,7 +477,8 @@ class Job:
             self._reactor.unregister(self._events_fd)
             os.close(self._events_fd)
             self._events_fd = -1
-        self.log.close()
+        # A cut found here needs no wake-up of its own: the end wakes every reader.
+        self.log.finish()
         status = self._final_status()
         if remove_group:
             try:

@@ -20,6 +20,28 @@ inode's generation number, since ext4 hands a deleted log's inode number to the 
 created.  Whatever is found under that name later is checked against it before it is
 read, measured or removed: a file put there by someone else (another file, a symlink, a
 FIFO) is never opened in a way that can block, never read, and never removed.
+
+**Bytes at their own offsets.**  Byte ``n`` of a log is byte ``n`` of the job's output,
+which is what lets a reader resume at an offset.  The worker writes with ``O_APPEND``,
+so each write lands at the file's end, wherever that is, and its own file position after
+the write says where that was: if it is not where the job's previous bytes ended, the
+file changed size under the worker (``copytruncate`` by a log rotator, say).  Writing at
+the worker's own offset instead would have left a hole of NULs where the cut bytes were,
+indistinguishable from output.  A log that refuses a write (a full disk) or was found cut
+takes no more bytes: it holds a prefix of the job's output (``held``) and the rest is
+counted as ``lost``, which ``JobInfo.log_loss`` reports and every reader reaching the end
+of the prefix gets as ``LogUnavailable``.  The job itself never waits on its log.
+
+Between a write that landed at the wrong offset and the writer's look at where it
+landed, a reader could ``pread`` those bytes.  So the writer numbers its writes, and a
+reader keeps what it read only once every write begun before its ``pread`` ended has
+been checked (it waits for that, like for more output, without reading again), trimmed
+to ``held``.  A reader that finds the file shorter than ``held`` notes it (``short``),
+for itself, every other reader and ``JobInfo`` at once, and for the writer to take in.
+The writer never takes a lock: it runs on the reactor thread and is the only one to
+change its fields, which readers on other threads only read (attribute reads and writes
+are ordered by the GIL).  A lock held across a write would make an async reader's event
+loop wait for the disk.
 """
 
 from __future__ import annotations
@@ -27,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import re
 import stat
@@ -37,8 +60,11 @@ from pathlib import Path
 
 from ._errors import LogUnavailable, StartError, WorkerClosed
 from ._fds import above_stdio
+from ._model import LogLoss, LossCause
 
 __all__ = ["LogFile", "LogStore", "log_base"]
+
+log = logging.getLogger("jobworker")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 # _IOR('v', 1, long): the inode's generation number.
@@ -79,6 +105,8 @@ class LogStore:
             identity = _identity(fd)
             if identity is None:  # (O_CREAT | O_EXCL made it: cannot happen)
                 raise OSError(errno.EINVAL, "the new log is not a regular file")
+            # The child creates it O_WRONLY; appending is what shows a cut (see above).
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=self.dir_fd)
@@ -170,7 +198,13 @@ def _identity(fd: int) -> Identity | None:
 
 
 class LogFile:
-    """One job's log: written by the worker only, read by any number of readers."""
+    """One job's log: appended to by the worker only, read by any number of readers.
+
+    Written by the writer (the reactor thread) only: ``held``, the bytes of the job's
+    output the file holds at their own offsets, ``lost``, those it does not, ``cut`` once
+    the log takes no more, and ``begun`` / ``checked``, the writes begun and those whose
+    landing was checked.  Written by readers only: ``short``.
+    """
 
     def __init__(
         self,
@@ -185,12 +219,81 @@ class LogFile:
         self.path = store.path / name
         self.identity = identity
         self.job_id = job_id
+        self.held = 0
+        self.lost = 0
+        self.cut: tuple[LossCause, str] | None = None
+        self.begun = 0
+        self.checked = 0
+        self.short: int | None = None  # a size a reader found the file at, below held
+        self._noting = threading.Lock()  # (among readers)
         self._store = store
+
+    # -- the writer (the reactor thread) ---------------------------------------------------
+
+    def append(self, data: memoryview) -> bool:
+        """Add the job's next bytes.  Returns whether readers have something new to see
+        (more bytes, a cut, a checked write).  Never raises for the log's sake."""
+        if self.cut is not None or self.short is not None:
+            if self.cut is None:  # a reader found the file cut: take that in
+                self._cut(LossCause.TRUNCATED, _CUT_BY_OTHERS, self.limit)
+            self.lost += len(data)
+            return False
+        fd, held = self.fd, self.held
+        self.begun += 1
+        try:
+            while data:
+                wrote = os.write(fd, data)
+                end = os.lseek(fd, 0, os.SEEK_CUR)
+                if end != held + wrote:
+                    # The file's end was not where the job's bytes ended: cut (or grown)
+                    # by someone else.  What this write put at end - wrote is not at its
+                    # own offset; the file holds the job's bytes only up to there (or to
+                    # held, if it was grown).
+                    start = end - wrote
+                    why = _CUT_BY_OTHERS if start < held else _GROWN_BY_OTHERS
+                    self._cut(LossCause.TRUNCATED, why, min(start, held))
+                    self.lost += len(data)
+                    return True
+                self.held = held = end
+                data = data[wrote:]
+        except OSError as e:
+            self._cut(LossCause.WRITE_FAILED, e.strerror or str(e), held)
+            self.lost += len(data)
+        finally:
+            self.checked = self.begun
+        return True
+
+    def finish(self) -> None:
+        """The job has ended: check that the file still holds every byte, and close it."""
+        if self.fd >= 0:
+            size = self.limit
+            with contextlib.suppress(OSError):
+                size = min(size, os.fstat(self.fd).st_size)
+            if size < self.held and self.cut is None:
+                self._cut(LossCause.TRUNCATED, _CUT_BY_OTHERS, size)
+            elif size < self.held:  # cut before, and shortened since
+                self.lost += self.held - size
+                self.held = size
+        self.close()
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def _cut(self, cause: LossCause, detail: str, held: int) -> None:
+        log.warning(
+            "jobworker: job %s: its log holds only the first %d bytes of its output (%s);"
+            " the rest is counted, not kept",
+            self.job_id,
+            held,
+            detail,
+        )
+        self.lost += self.held - held
+        self.held = held
+        self.cut = (cause, detail)
+
+    # -- readers (any thread) --------------------------------------------------------------
 
     def open_reader(self) -> int:
         return self._store.open_reader(self)
@@ -199,5 +302,56 @@ class LogFile:
         """Close and remove this log (see ``LogStore.discard``)."""
         self._store.discard(self)
 
+    @property
+    def limit(self) -> int:
+        """Readers read below this offset: held, or less if a reader found the file short."""
+        short = self.short
+        return self.held if short is None else min(short, self.held)
+
+    @property
+    def ended_short(self) -> bool:
+        """The log takes no more, or is known to hold less than it was given."""
+        return self.cut is not None or self.short is not None
+
+    def readable(self, offset: int, got: int, since: int) -> int | None:
+        """How many of ``got`` bytes read at ``offset`` are the job's own bytes at their
+        own offsets; None until the writes begun before the read (``since``, the value of
+        ``begun`` read after it) are checked."""
+        if self.checked < since:
+            return None
+        return max(0, min(got, self.limit - offset))
+
+    def note_short(self, size: int) -> bool:
+        """A reader found the file ``size`` bytes long, short of what the worker wrote.
+        Returns whether that is news (readers waiting must look again)."""
+        with self._noting:
+            if size >= self.limit:
+                return False
+            self.short = size
+            return True
+
+    def loss(self) -> LogLoss | None:
+        # (A snapshot: while the job runs, lost keeps growing.)
+        cut, short, held, lost = self.cut, self.short, self.held, self.lost
+        if short is not None and short < held:
+            cut = cut or (LossCause.TRUNCATED, _CUT_BY_OTHERS)
+            held, lost = short, lost + held - short
+        if cut is None:
+            return None
+        return LogLoss(cut[0], held=held, lost=lost, detail=cut[1])
+
     def unavailable(self, why: str) -> LogUnavailable:
         return LogUnavailable(f"log of job {self.job_id} is unavailable: {why}")
+
+    def cut_short(self) -> LogUnavailable:
+        """What a reader that has read every byte the log holds gets, once it is cut."""
+        loss = self.loss()
+        held, detail = (loss.held, loss.detail) if loss else (self.limit, _CUT_BY_OTHERS)
+        return LogUnavailable(
+            f"log of job {self.job_id} was cut short: it holds only the first {held}"
+            f" bytes of the job's output ({detail})"
+        )
+
+
+_CUT_BY_OTHERS = "the file was truncated by someone else"
+_GROWN_BY_OTHERS = "someone else wrote into the file"

@@ -1,4 +1,4 @@
-"""The seed's data model: Command, Status, StopType, JobInfo, plus Limits, RunAs and Usage.
+"""The data model: Command, Status, StopType, JobInfo, plus Limits, RunAs, Usage and LogLoss.
 
 Everything here is an immutable value.  The live, mutable side of a job lives in
 ``_job.py``; a ``JobInfo`` is a snapshot of it taken under the job's lock.
@@ -15,7 +15,18 @@ from pathlib import Path
 
 from ._errors import InvalidCommand
 
-__all__ = ["Command", "JobInfo", "Limits", "RunAs", "State", "Status", "StopType", "Usage"]
+__all__ = [
+    "Command",
+    "JobInfo",
+    "Limits",
+    "LogLoss",
+    "LossCause",
+    "RunAs",
+    "State",
+    "Status",
+    "StopType",
+    "Usage",
+]
 
 
 def _path_text(what: str, value: object) -> str:
@@ -237,6 +248,30 @@ class Usage:
     pids_limit_hits: int | None = None
 
 
+class LossCause(enum.Enum):
+    """Why a job's log does not hold all of the job's output."""
+
+    WRITE_FAILED = "write_failed"  # the log refused a write: disk full, quota, I/O error
+    TRUNCATED = "truncated"  # someone else cut the file short (copytruncate) or wrote into it
+
+
+@dataclass(frozen=True)
+class LogLoss:
+    """Output a job wrote that its log does not hold.
+
+    The log holds the first ``held`` bytes of the job's output, each at its own offset;
+    the ``lost`` bytes after them are gone (while the job runs, ``lost`` keeps growing:
+    its output is still read from it, and counted, but not kept).  ``detail`` says why in
+    words, such as the error of the write the log refused.  A reader that has read the
+    ``held`` bytes gets ``LogUnavailable``.
+    """
+
+    cause: LossCause
+    held: int
+    lost: int
+    detail: str
+
+
 @dataclass(frozen=True)
 class JobInfo:
     """Snapshot of a job, as returned by ``query`` and ``list``."""
@@ -252,3 +287,5 @@ class JobInfo:
     limits: Limits = field(default_factory=Limits)
     usage: Usage = field(default_factory=Usage)
     run_as: RunAs | None = None  # None: the worker's own user
+    # None while the log holds every byte the job wrote; see LogLoss.
+    log_loss: LogLoss | None = None
