@@ -4,7 +4,6 @@ TLS) and real clients."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -45,6 +44,7 @@ from jobworker.v1 import jobworker_pb2 as pb
 
 from conftest import live_children
 from servicekit import (
+    CuttingProxy,
     Pki,
     ServerThread,
     client,
@@ -275,59 +275,6 @@ def test_stream_resumes_from_an_offset(server: ServerThread, pki: Pki) -> None:
             assert first + rest == expected_chatty()
 
     run(main())
-
-
-class CuttingProxy:
-    """A TCP relay to the server that cuts every connection after ``cut_after`` bytes from
-    the server, as a network failure would (TLS passes through untouched)."""
-
-    def __init__(self, target: str, cut_after: int) -> None:
-        host, _, port = target.rpartition(":")
-        self.target = (host, int(port))
-        self.cut_after = cut_after
-        self.cuts = 0
-        self.server: asyncio.Server | None = None
-        self.relays: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"127.0.0.1:{port}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-        if self.relays:
-            await asyncio.wait(self.relays)
-
-    def _accept(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        task = asyncio.ensure_future(self._relay(cr, cw))
-        self.relays.add(task)
-        task.add_done_callback(self.relays.discard)
-
-    async def _relay(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        sr, sw = await asyncio.open_connection(*self.target)
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, limit: int) -> None:
-            sent = 0
-            with contextlib.suppress(OSError):
-                while sent < limit and (data := await r.read(min(4096, limit - sent))):
-                    w.write(data)
-                    await w.drain()
-                    sent += len(data)
-
-        up = asyncio.ensure_future(pipe(cr, sw, 1 << 62))
-        down = asyncio.ensure_future(pipe(sr, cw, self.cut_after))
-        await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
-        if down.done():
-            self.cuts += 1
-        for t in (up, down):
-            t.cancel()
-        for w in (cw, sw):
-            w.transport.abort()
-        await asyncio.wait([up, down])
-        await asyncio.sleep(0)  # the aborted transports close their sockets
 
 
 def test_follow_survives_cut_connections(server: ServerThread, pki: Pki) -> None:
