@@ -32,6 +32,7 @@ from jobworker import (
     Limits,
     PermissionDenied,
     QuotaExceeded,
+    State,
     Status,
     StopType,
     Unauthenticated,
@@ -273,6 +274,34 @@ def test_stream_resumes_from_an_offset(server: ServerThread, pki: Pki) -> None:
                     break  # the cut
             rest = b"".join([x async for x in c.stream(job, offset=len(first))])
             assert first + rest == expected_chatty()
+
+    run(main())
+
+
+def test_a_stream_that_does_not_follow_ends_at_what_the_log_holds(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    # The job writes a line, then waits for a file the test makes only at the end.
+    go = tmp_path / "go"
+    waiting = Command(
+        "sh", ["-c", f"echo first; while [ ! -e {go} ]; do sleep 0.01; done; echo second"]
+    )
+
+    async def main() -> None:
+        async with client(server) as c:
+            job = await c.start(waiting)
+            async for chunk in c.stream(job):
+                assert chunk == b"first\n"  # in the log now
+                break
+            # Ends although the job runs on, with what its log held; from an offset too.
+            assert [x async for x in c.stream(job, follow=False)] == [b"first\n"]
+            assert [x async for x in c.stream(job, 2, follow=False)] == [b"rst\n"]
+            assert [x async for x in c.stream(job, 6, follow=False)] == []
+            assert (await c.query(job)).status.state is State.RUNNING
+            go.touch()
+            await c.wait(job)
+            # An ended job's: all of it.
+            assert b"".join([x async for x in c.stream(job, follow=False)]) == b"first\nsecond\n"
 
     run(main())
 

@@ -153,12 +153,17 @@ class Client:
         reply = await self._unary(self._stub().Wait, request, job_id, timeout=timeout)
         return _wire.info_from_pb(reply.info)
 
-    async def stream(self, job_id: uuid.UUID, offset: int = 0) -> AsyncIterator[bytes]:
+    async def stream(
+        self, job_id: uuid.UUID, offset: int = 0, *, follow: bool = True
+    ) -> AsyncIterator[bytes]:
         """The job's output from byte ``offset``, live, until the job has ended and every
         byte has come; one connection (``ServiceUnavailable`` if it drops: see
-        ``follow``)."""
+        ``follow``).  ``follow=False``: only what the job's log holds when the call
+        arrives (for a running job, what it has written so far), then the end."""
         expected = offset
-        request = pb.StreamOutputRequest(job_id=str(job_id), offset=offset)
+        request = pb.StreamOutputRequest(
+            job_id=str(job_id), offset=offset, follow=None if follow else False
+        )
         st = None
         try:
             async with self._stub().StreamOutput.open() as st:

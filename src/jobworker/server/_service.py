@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
@@ -33,9 +35,11 @@ from jobworker import (
     JobNotFound,
     JobworkerError,
     Limits,
+    LogUnavailable,
     PermissionDenied,
     RunAs,
     ServiceUnavailable,
+    State,
 )
 
 from .. import _codes, _wire
@@ -103,6 +107,13 @@ def _as(account: Account, command: Command) -> Command:
     account's HOME, then the request's variables; in HOME unless it names a directory."""
     env: dict[str, str | None] = {"HOME": account.home, **(command.env or {})}
     return Command(command.name, command.args, env=env, cwd=command.cwd or account.home)
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        raise LogUnavailable(f"log {path} is unavailable: {e.strerror}") from None
 
 
 def _merge_limits(request: Limits, defaults: Limits) -> Limits:
@@ -220,12 +231,24 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
         stream: Stream[Any, pb.StreamOutputResponse],
     ) -> None:
         job = call.job = _wire.job_id_from_pb(request.job_id)
+        owner = self._owner_for(call, job)
         offset = request.offset
-        async with self._worker.stream(job, self._owner_for(call, job), offset) as reader:
+        async with self._worker.stream(job, owner, offset) as reader:
+            end = None
+            if request.HasField("follow") and not request.follow:
+                # Measured once the reader holds the log: the end of what it holds now.
+                # (An ended job's stream ends at its end anyway.)
+                info = await self._worker.query(job, owner)
+                if info.status.state is State.RUNNING:
+                    end = await asyncio.to_thread(_log_size, info.log_path)
             # One chunk in flight: the next is read only once this one is handed to the
             # connection, which waits for the client's HTTP/2 window, so a slow client
             # slows only its own reader, and nothing piles up in memory.
-            while data := await reader.read(_wire.CHUNK):
+            while end is None or offset < end:
+                size = _wire.CHUNK if end is None else min(_wire.CHUNK, end - offset)
+                data = await reader.read(size)
+                if not data:
+                    break
                 await stream.send_message(pb.StreamOutputResponse(offset=offset, data=data))
                 offset += len(data)
 

@@ -202,12 +202,14 @@ class WaitResponse(_message.Message):
     def __init__(self, info: _Optional[_Union[JobInfo, _Mapping]] = ...) -> None: ...
 
 class StreamOutputRequest(_message.Message):
-    __slots__ = ("job_id", "offset")
+    __slots__ = ("job_id", "offset", "follow")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     offset: int
-    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    follow: bool
+    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class StreamOutputResponse(_message.Message):
     __slots__ = ("offset", "data")
