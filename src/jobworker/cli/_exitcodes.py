@@ -5,18 +5,20 @@ code  meaning
 ====  ==================================================================================
 0     success
 1     anything else (an unexpected error; the message says what)
-2     usage: a bad flag or value, a limit this machine cannot enforce, a malformed command
+2     usage: a bad flag or value (a job id that is not a UUID, a bad grace), a limit that
+      cannot be enforced, a malformed command, a bad server configuration
 3     no such job (a job of another owner looks exactly the same)
 4     the job is not running (stopping a job that has already ended)
 5     quota exceeded: too many running jobs for this owner
-69    the service is unavailable (not running, unreachable, shutting down)
-77    authentication or permission refused
+69    the service is unavailable (not running, unreachable, not answering, shutting down)
+77    authentication or permission refused (a certificate refused by either side, an
+      admin-only request)
 126   the job could not be started: the command is not executable, or its log could not
       be created
 127   the command was not found
 128+N ``run`` and ``wait``: the job died of signal N (137 for SIGKILL, which is also how the
-      OOM killer kills); ``run``: the CLI itself got signal N (130 for Ctrl-C) and
-      stopped the job
+      OOM killer kills; 143 for a job ended by a stop within its grace); any command:
+      the CLI itself got signal N (130 for Ctrl-C; ``run`` stopped the job first)
 other ``run`` and ``wait``: the job's own exit code
 ====  ==================================================================================
 
@@ -65,8 +67,15 @@ _ERRORS: list[tuple[str, str, ExitCode]] = [
     ("jobworker", "StartError", ExitCode.CANNOT_EXECUTE),
     ("jobworker", "InvalidCommand", ExitCode.USAGE),
     ("jobworker", "LimitError", ExitCode.USAGE),
+    ("jobworker", "InvalidArgument", ExitCode.USAGE),
     ("jobworker", "JobNotFound", ExitCode.NOT_FOUND),
     ("jobworker", "JobNotRunning", ExitCode.NOT_RUNNING),
+    ("jobworker", "QuotaExceeded", ExitCode.QUOTA),
+    ("jobworker", "ServiceUnavailable", ExitCode.UNAVAILABLE),
+    ("jobworker", "Unauthenticated", ExitCode.REFUSED),
+    ("jobworker", "PermissionDenied", ExitCode.REFUSED),
+    # The server's configuration (``serve``): a bad flag or file.
+    ("jobworker.server", "ConfigError", ExitCode.USAGE),
 ]
 
 

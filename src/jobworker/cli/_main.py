@@ -20,18 +20,29 @@ from typing import NoReturn
 
 import click
 
+from ._certs import certs
 from ._exitcodes import CliError, ExitCode, exit_code_for
+from ._list import list_jobs
+from ._logs import logs
 from ._run import run
+from ._serve import serve
+from ._start import start
+from ._status import status
+from ._stop import stop
+from ._wait import wait
 
 __all__ = ["cli", "main"]
 
-COMMANDS: list[click.Command] = [run]
+# In the order --help lists them.
+COMMANDS: list[click.Command] = [run, start, logs, status, list_jobs, wait, stop, serve, certs]
 
 EXAMPLES = """
 \b
 Examples:
   jobworker run -- sh -c 'echo out; echo err >&2'
   jobworker run --memory 256M --cpu 0.5 --pids 100 -- make -j4
+  jobworker serve &                          # the service, on its local socket
+  job=$(jobworker start -- sleep 60); jobworker logs -f "$job"
   jobworker run --help
 
 \b
@@ -40,7 +51,13 @@ Shell completion (bash; for zsh and fish, say zsh_source or fish_source):
 """
 
 
+class _Commands(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [c.name for c in COMMANDS if c.name is not None]
+
+
 @click.group(
+    cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=EXAMPLES,
     invoke_without_command=True,
@@ -70,7 +87,7 @@ class _OneLine(logging.Formatter):
         message = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             message = f"{message}: {record.exc_info[1]}"
-        return " ".join(message.split())
+        return " ".join(line.strip() for line in message.splitlines())
 
 
 def _route_library_logs() -> None:
@@ -82,7 +99,20 @@ def _route_library_logs() -> None:
     logger.propagate = False
 
 
+def _reserve_standard_fds() -> None:
+    # Started with stdout (or stdin, stderr) closed, the next file opened would take its
+    # number (a log, the connection to the service) and what is meant for stdout would
+    # be written there: a job's output into its own log, read back and written again
+    # without end, or into the service's socket.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+
+
 def _run(argv: Sequence[str] | None) -> int:
+    _reserve_standard_fds()
     _route_library_logs()
     try:
         result = cli.main(args=argv, prog_name="jobworker", standalone_mode=False)

@@ -1,9 +1,15 @@
 """Options shared by several commands, each declared once.
 
 - ``limit_options``: ``--cpu --memory --io-read --io-write --io-path --pids``, handed to
-  the command as one ``limits: Limits`` (``run``, ``start``).
+  the command as one ``limits: Limits`` (``run``, ``start``; ``serve`` has them as
+  ``--default-*``).
+- ``command_options``: ``--env NAME=VALUE --cwd DIR``, handed to the command as ``env``
+  and ``cwd`` (``run``, ``start``).
 - ``connection_options``: ``--server --ca --cert --key --config``, handed to the command
-  as one ``connection: Connection`` (every command that talks to the service).
+  as one ``connection: Connection`` (every command that talks to the service);
+  ``run_connection_options`` the same for ``run``, whose ``connection`` is None (run here)
+  unless a server is named.
+- ``job_id_argument``: ``ID``, a job's UUID, handed to the command as ``job: uuid.UUID``.
 - ``grace_option``: ``--grace SECONDS`` (``run``, ``stop``).
 - ``json_option``: ``--json`` (every command that prints data).
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,9 +30,20 @@ import click
 from jobworker import Limits
 
 from . import _limits
-from ._connection import parse_address, resolve_connection
+from ._connection import Connection, parse_address, resolve_connection
 
-__all__ = ["connection_options", "grace_option", "json_option", "limit_options"]
+__all__ = [
+    "SECONDS",
+    "Parsed",
+    "command_options",
+    "connection_options",
+    "grace_option",
+    "job_id_argument",
+    "json_option",
+    "limit_options",
+    "parse_env",
+    "run_connection_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,7 +54,7 @@ else:
     _ParamType = click.ParamType
 
 
-class _Parsed(_ParamType):
+class Parsed(_ParamType):
     """A click type over one of the parsers in ``_limits``: their ValueError, one line."""
 
     def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
@@ -52,10 +70,10 @@ class _Parsed(_ParamType):
             self.fail(str(e), param, ctx)
 
 
-SIZE = _Parsed("size", _limits.parse_size)
-RATE = _Parsed("rate", _limits.parse_rate)
-CPU = _Parsed("cores", _limits.parse_cpu)
-PIDS = _Parsed("count", _limits.parse_pids)
+SIZE = Parsed("size", _limits.parse_size)
+RATE = Parsed("rate", _limits.parse_rate)
+CPU = Parsed("cores", _limits.parse_cpu)
+PIDS = Parsed("count", _limits.parse_pids)
 
 
 def _parse_grace(text: str) -> float:
@@ -68,74 +86,141 @@ def _parse_grace(text: str) -> float:
     return value
 
 
-SECONDS = _Parsed("seconds", _parse_grace)
+SECONDS = Parsed("seconds", _parse_grace)
 
 
-def limit_options(f: F) -> F:
+def _job_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a job id (a UUID, as start and list print it)") from None
+
+
+JOB_ID = Parsed("job id", _job_id)
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` as (name, value); the value may be empty, the name may not."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
+ENV = Parsed("NAME=VALUE", parse_env)
+
+
+def _decorate(f: Any, options: list[Callable[[Any], Any]]) -> Any:
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def limit_options(f: F, *, prefix: str = "", what: str = "") -> F:
+    """``prefix``: ``default-`` for the server's defaults (``serve``), whose flags then
+    reach the command as ``default_limits``."""
+    key = f"{prefix.replace('-', '_')}limits" if prefix else "limits"
+    names = ("cpu", "memory", "io_read", "io_write", "io_path", "pids")
+
     @functools.wraps(f)
-    def wrapper(
-        *args: Any,
-        cpu: float | None,
-        memory: int | None,
-        io_read: int | None,
-        io_write: int | None,
-        io_path: str | None,
-        pids: int | None,
-        **kwargs: Any,
-    ) -> Any:
-        kwargs["limits"] = Limits(
-            cpu=cpu,
-            memory=memory,
-            io_read_bps=io_read,
-            io_write_bps=io_write,
-            io_path=io_path,
-            pids=pids,
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(prefix.replace("-", "_") + name) for name in names}
+        kwargs[key] = Limits(
+            cpu=values["cpu"],
+            memory=values["memory"],
+            io_read_bps=values["io_read"],
+            io_write_bps=values["io_write"],
+            io_path=values["io_path"],
+            pids=values["pids"],
         )
         return f(*args, **kwargs)
 
     options = [
         click.option(
-            "--cpu", type=CPU, metavar="CORES", help="CPU time in cores (0.5: half a core)."
+            f"--{prefix}cpu",
+            type=CPU,
+            metavar="CORES",
+            help=f"{what}CPU time in cores (0.5: half a core).",
         ),
         click.option(
-            "--memory",
+            f"--{prefix}memory",
             type=SIZE,
             metavar="SIZE",
-            help="Memory limit (256M, 1G; binary units); past it the job is OOM-killed.",
+            help=f"{what}Memory limit (256M, 1G; binary units); past it the job is OOM-killed.",
         ),
         click.option(
-            "--io-read",
+            f"--{prefix}io-read",
             type=RATE,
             metavar="RATE",
-            help="Disk read limit, bytes per second (10M), on the disk of --io-path.",
+            help=f"{what}Disk read limit, bytes per second (10M), on the disk of"
+            f" --{prefix}io-path.",
         ),
         click.option(
-            "--io-write",
+            f"--{prefix}io-write",
             type=RATE,
             metavar="RATE",
-            help="Disk write limit, bytes per second (10M), on the disk of --io-path.",
+            help=f"{what}Disk write limit, bytes per second (10M), on the disk of"
+            f" --{prefix}io-path.",
         ),
         click.option(
-            "--io-path",
-            type=click.Path(exists=True, resolve_path=True),
+            f"--{prefix}io-path",
             metavar="PATH",
-            help="A path on the disk that --io-read and --io-write throttle"
-            " (run: default the current directory).",
+            help=f"{what}A path on the disk that the io limits throttle"
+            + (
+                ""
+                if prefix
+                else " (on the service's machine; run without --server: default the current"
+                " directory)"
+            )
+            + ".",
         ),
         click.option(
-            "--pids",
+            f"--{prefix}pids",
             type=PIDS,
             metavar="N",
-            help="Maximum number of tasks (processes and threads).",
+            help=f"{what}Maximum number of tasks (processes and threads).",
         ),
     ]
-    decorated: Any = wrapper
-    for option in reversed(options):
-        decorated = option(decorated)
-    return decorated  # type: ignore[no-any-return]
+    return _decorate(wrapper, options)  # type: ignore[no-any-return]
+
+
+def command_options(f: F) -> F:
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any, env: tuple[tuple[str, str], ...], cwd: str | None, **kwargs: Any
+    ) -> Any:
+        kwargs["env"] = dict(env) or None
+        kwargs["cwd"] = cwd
+        return f(*args, **kwargs)
+
+    options = [
+        click.option(
+            "--env",
+            "-e",
+            type=ENV,
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="Set a variable in the job's environment (repeatable). Through the service a"
+            " job starts from a minimal environment (PATH, LANG, HOME); here, from jobworker's.",
+        ),
+        click.option(
+            "--cwd",
+            metavar="DIR",
+            help="The job's working directory (default: jobworker's here; through the service,"
+            " the home directory of the user the job runs as).",
+        ),
+    ]
+    return _decorate(wrapper, options)  # type: ignore[no-any-return]
+
+
+def job_id_argument(f: F) -> F:
+    return click.argument("job", type=JOB_ID, metavar="ID")(f)
 
 
 def connection_options(f: F) -> F:
+    """Connection settings for a command of the service: flags, environment, config file;
+    the local service's socket when none names a server."""
+
     @functools.wraps(f)
     def wrapper(
         *args: Any,
@@ -148,6 +233,43 @@ def connection_options(f: F) -> F:
     ) -> Any:
         kwargs["connection"] = resolve_connection(server, ca, cert, key, config)
         return f(*args, **kwargs)
+
+    return _connection_flags(  # type: ignore[no-any-return]
+        wrapper,
+        server_help="The service to use: HOST:PORT (mutual TLS)"
+        " or unix:PATH. Default: the config file's, else the local service's socket.",
+    )
+
+
+def run_connection_options(f: F) -> F:
+    """``run``'s: in this process (``connection`` None) unless ``--server`` (or
+    JOBWORKER_SERVER) names a service; the config file then fills in the rest, but never
+    sends ``run`` to a service by itself."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        server: str | None,
+        ca: str | None,
+        cert: str | None,
+        key: str | None,
+        config: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        connection: Connection | None = None
+        if server is not None:
+            connection = resolve_connection(server, ca, cert, key, config)
+        kwargs["connection"] = connection
+        return f(*args, **kwargs)
+
+    return _connection_flags(  # type: ignore[no-any-return]
+        wrapper,
+        server_help="Run the job on this service instead of in"
+        " this process: HOST:PORT (mutual TLS) or unix:PATH.",
+    )
+
+
+def _connection_flags(wrapper: Any, server_help: str) -> Any:
 
     def check_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         if value is not None:
@@ -164,8 +286,7 @@ def connection_options(f: F) -> F:
             envvar="JOBWORKER_SERVER",
             show_envvar=True,
             callback=check_address,
-            help="The service to use: HOST:PORT (mutual TLS) or unix:PATH."
-            " Default: the local service's socket.",
+            help=server_help,
         ),
         click.option(
             "--ca",
@@ -197,10 +318,7 @@ def connection_options(f: F) -> F:
             " Default: ~/.config/jobworker/config.toml if it exists.",
         ),
     ]
-    decorated: Any = wrapper
-    for option in reversed(options):
-        decorated = option(decorated)
-    return decorated  # type: ignore[no-any-return]
+    return _decorate(wrapper, options)
 
 
 def grace_option(f: F) -> F:
@@ -208,8 +326,8 @@ def grace_option(f: F) -> F:
         "--grace",
         type=SECONDS,
         metavar="SECONDS",
-        help="On a stop, time between SIGTERM and SIGKILL (default 10; 0: SIGKILL at once;"
-        " inf: never SIGKILL).",
+        help="On a stop, time between SIGTERM and SIGKILL (default 10 here, the service's"
+        " own through a service; 0: SIGKILL at once; inf: never SIGKILL).",
     )(f)
 
 

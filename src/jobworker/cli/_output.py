@@ -26,12 +26,16 @@ from jobworker import JobInfo, State, Status
 from ._limits import format_size
 
 __all__ = [
+    "STDOUT",
     "format_duration",
     "job_details",
     "job_record",
     "jobs_table",
+    "oom_message",
     "print_json",
+    "status_text",
     "use_colour",
+    "write_all",
 ]
 
 
@@ -101,13 +105,40 @@ def job_record(info: JobInfo, *, log_kept: bool = True, now: float | None = None
             "oom_kills": usage.oom_kills,
             "pids_limit_hits": usage.pids_limit_hits,
         },
+        "run_as": None
+        if info.run_as is None
+        else {"uid": info.run_as.uid, "gid": info.run_as.gid, "groups": list(info.run_as.groups)},
     }
 
 
-def print_json(data: Any, file: TextIO, *, one_line: bool = False) -> None:
+def print_json(data: Any, file: TextIO | None, *, one_line: bool = False) -> None:
+    """``data`` as JSON, indented, or on ``one_line``; nothing if ``file`` is None (Python
+    started with that stream closed)."""
+    if file is None:
+        return
     text = json.dumps(data, separators=(",", ":")) if one_line else json.dumps(data, indent=2)
     file.write(text + "\n")
     file.flush()
+
+
+# -- the job's own bytes ---------------------------------------------------------------------
+
+STDOUT = 1
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, as it is, even if someone made it non-blocking."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            # Whoever shares our stdout set it non-blocking (a terminal, a pipe).
+            import select
+
+            select.select([], [fd], [])
+            continue
+        view = view[written:]
 
 
 # -- for people ----------------------------------------------------------------------------
@@ -136,6 +167,18 @@ def _signal_name(n: int) -> str:
         return signal.Signals(n).name
     except ValueError:
         return f"signal {n}"
+
+
+def status_text(status: Status) -> str:
+    """A status in a few words: ``running``, ``exited 3``, ``stopped (TERM)``,
+    ``signaled SIGSEGV``, ``signaled SIGKILL (OOM)``."""
+    if status.state is State.EXITED:
+        return f"exited {_exit_text(status)}"
+    if status.state is State.STOPPED and status.stop_type is not None:
+        return f"stopped ({status.stop_type.name})"
+    if status.state is State.SIGNALED:
+        return f"signaled {_exit_text(status)}" + (" (OOM)" if status.oom_killed else "")
+    return str(status.state.value)
 
 
 def _exit_text(status: Status) -> str:
@@ -210,11 +253,15 @@ def _common(info: JobInfo, now: float | None) -> dict[str, _Cell]:
 COMMAND_WIDTH = 40
 
 
-def jobs_table(infos: Iterable[JobInfo], *, colour: bool, now: float | None = None) -> str:
-    """One line per job under a header: id, command, state, exit code or signal, stop
-    type, OOM, start time (local), duration, CPU time, peak memory."""
+def jobs_table(
+    infos: Iterable[JobInfo], *, colour: bool, owners: bool = False, now: float | None = None
+) -> str:
+    """One line per job under a header: id, (with ``owners``: owner id,) command, state,
+    exit code or signal, stop type, OOM, start time (local), duration, CPU time, peak
+    memory."""
     header = [
         "ID",
+        *(["OWNER"] if owners else []),
         "COMMAND",
         "STATE",
         "EXIT",
@@ -229,7 +276,8 @@ def jobs_table(infos: Iterable[JobInfo], *, colour: bool, now: float | None = No
     for info in infos:
         cells = _common(info, now)
         command = _shorten(_command_text(info), COMMAND_WIDTH)
-        rows.append([_Cell(str(info.id)), _Cell(command), *cells.values()])
+        owner = [_Cell(str(info.owner_id))] if owners else []
+        rows.append([_Cell(str(info.id)), *owner, _Cell(command), *cells.values()])
     return _aligned(rows, colour)
 
 
@@ -251,6 +299,14 @@ def _limits_text(info: JobInfo) -> str:
     return ", ".join(parts) or "none"
 
 
+def _run_as_text(info: JobInfo) -> str:
+    run_as = info.run_as
+    if run_as is None:
+        return "-"  # the worker's own user
+    groups = ",".join(str(g) for g in run_as.groups) or "none"
+    return f"uid {run_as.uid}, gid {run_as.gid}, groups {groups}"
+
+
 def job_details(
     info: JobInfo, *, colour: bool, log_kept: bool = True, now: float | None = None
 ) -> str:
@@ -260,6 +316,7 @@ def job_details(
     exit_label = "signal" if status.signal is not None else "exit code"
     fields = [
         ("id", _Cell(str(info.id))),
+        ("owner", _Cell(str(info.owner_id))),
         ("command", _Cell(_command_text(info))),
         ("state", cells["state"]),
         (exit_label, cells["exit"]),
@@ -272,6 +329,13 @@ def job_details(
         ("cpu time", cells["cpu"]),
         ("memory peak", cells["memory"]),
         ("limits", _Cell(_limits_text(info))),
+        ("runs as", _Cell(_run_as_text(info))),
         ("log", _Cell(str(info.log_path) if log_kept else "(removed)")),
     ]
     return _aligned([[_Cell(name + ":"), cell] for name, cell in fields], colour)
+
+
+def oom_message(info: JobInfo) -> str:
+    memory = info.limits.memory
+    limit = f" (memory limit {format_size(memory)})" if memory is not None else ""
+    return f"the job was killed by the kernel's OOM killer{limit}"

@@ -3,7 +3,8 @@
 No service and no certificates.  The job's output (stdout and stderr, interleaved as the
 job wrote them) is copied to this process's stdout a chunk at a time, as it arrives,
 bytes untouched; jobworker's own words go to stderr.  The exit code is the job's
-(``_exitcodes.status_exit_code``).
+(``_exitcodes.status_exit_code``).  With ``--server`` the same through the service:
+``_run_remote``.
 
 The log: in a private temporary directory removed at exit (like ``docker run --rm``),
 or kept in ``--log-dir``.
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,21 +37,38 @@ import click
 
 from jobworker import Command, JobInfo, JobworkerError, Limits
 
+from ._connection import Connection
 from ._exitcodes import CliError, ExitCode, status_exit_code
-from ._limits import format_size
-from ._options import grace_option, json_option, limit_options
+from ._options import (
+    command_options,
+    grace_option,
+    json_option,
+    limit_options,
+    run_connection_options,
+)
+from ._output import STDOUT, oom_message, write_all
 
 if TYPE_CHECKING:
     from jobworker import Worker
 
-__all__ = ["run"]
+__all__ = ["STOP_SIGNALS", "run", "say", "stopping_message"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-STDOUT = 1
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     click.echo(f"jobworker: {message}", err=True)
+
+
+def stopping_message(grace: float | None) -> str:
+    """What a stop on a signal says: ``grace`` None is the service's own."""
+    if grace == 0:
+        return "killing the job (SIGKILL)"
+    if grace is None:
+        after = "after the service's grace"
+    else:
+        after = "never" if math.isinf(grace) else f"after {grace:g} s"
+    return f"stopping the job: SIGTERM, SIGKILL {after}; interrupt again to kill it now"
 
 
 class _Interrupts:
@@ -110,11 +128,7 @@ class _Interrupts:
         worker, owner, job, grace = self._target
         if wanted == 2:
             grace = 0
-        if grace == 0:
-            _say("killing the job (SIGKILL)")
-        else:
-            after = "never" if math.isinf(grace) else f"after {grace:g} s"
-            _say(f"stopping the job: SIGTERM, SIGKILL {after}; interrupt again to kill it now")
+        say(stopping_message(grace))
         stop = threading.Thread(target=_stop, args=(worker, job, owner, grace))
         stop.start()
         self._stops.append(stop)
@@ -150,55 +164,30 @@ def _log_directory(keep_in: Path | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _reserve_standard_fds() -> None:
-    # Started with stdout (or stdin, stderr) closed, the next file opened would take its
-    # number (the worker's log directory, a job's log) and the job's output would be
-    # written there: into its own log, read back and written again, without end.
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            # Whoever shares our stdout set it non-blocking (a terminal, a pipe).
-            import select
-
-            select.select([], [fd], [])
-            continue
-        view = view[written:]
-
-
 def _copy_output(worker: Worker, job: uuid.UUID, owner: uuid.UUID) -> bool:
     """Copy the job's output to stdout until its end; False if stdout went away."""
     with worker.stream(job, owner) as reader:
         try:
             for chunk in reader:
-                _write_all(STDOUT, chunk)
+                write_all(STDOUT, chunk)
         except BrokenPipeError:
             return False
     return True
 
 
 def run_local(
-    argv: Sequence[str],
+    command: Command,
     limits: Limits,
     grace: float | None,
     log_dir: Path | None,
 ) -> tuple[int, JobInfo | None]:
-    """Run ``argv`` as a job of a worker in this process; return (exit code, final info).
+    """Run ``command`` as a job of a worker in this process; return (exit code, final
+    info).
 
     The info is None when a signal came before the job could start (none was started).
     """
     from jobworker import Worker
 
-    _reserve_standard_fds()
     owner = uuid.uuid4()
     interrupts = _Interrupts()
     try:
@@ -210,10 +199,10 @@ def run_local(
             with worker:  # on the way out of here, it kills the job if still running
                 if interrupts.received:
                     return ExitCode.SIGNAL_BASE + interrupts.received[0], None
-                job = worker.start(Command(argv[0], argv[1:]), owner, limits=limits)
+                job = worker.start(command, owner, limits=limits)
                 interrupts.attach(worker, owner, job)
                 if log_dir is not None:
-                    _say(f"log: {worker.query(job, owner).log_path}")
+                    say(f"log: {worker.query(job, owner).log_path}")
                 stdout_open = _copy_output(worker, job, owner)
                 if not stdout_open:
                     # Nobody reads the output any more: the job goes, as a shell
@@ -233,18 +222,13 @@ def run_local(
     return status_exit_code(info.status), info
 
 
-def _oom_message(info: JobInfo) -> str:
-    memory = info.limits.memory
-    limit = f" (memory limit {format_size(memory)})" if memory is not None else ""
-    return f"the job was killed by the kernel's OOM killer{limit}"
-
-
 EXAMPLES = """
 \b
 Examples:
   jobworker run -- sh -c 'echo out; echo err >&2; exit 3'   # exits 3
   jobworker run --memory 256M --cpu 0.5 -- make -j4
   jobworker run --log-dir . --json -- ./build.sh 2>summary.json
+  jobworker run --server jobs.example:7443 -- ./build.sh     # on the service
 """
 
 
@@ -254,13 +238,14 @@ Examples:
     short_help="Run a command as a job here and stream its output.",
 )
 @limit_options
+@command_options
 @grace_option
 @click.option(
     "--log-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     metavar="DIR",
     help="Keep the job's log in DIR (as NAME_PID.log); by default it goes to a private"
-    " temporary directory removed at exit.",
+    " temporary directory removed at exit.  Not with --server: the service keeps its logs.",
 )
 @click.option(
     "--summary",
@@ -270,15 +255,19 @@ Examples:
 @functools.partial(
     json_option, help="Print the summary as one line of JSON, the last on stderr (docs/CLI.md)."
 )
+@run_connection_options
 @click.argument(
     "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]..."
 )
 def run(
     limits: Limits,
+    env: dict[str, str] | None,
+    cwd: str | None,
     grace: float | None,
     log_dir: Path | None,
     summary: bool,
     as_json: bool,
+    connection: Connection | None,
     command: tuple[str, ...],
 ) -> int:
     """Run CMD as a job in this process, with no service: its output (stdout and
@@ -287,20 +276,52 @@ def run(
 
     Ctrl-C stops the job (SIGTERM, then SIGKILL after --grace); a second Ctrl-C kills it
     at once; jobworker then exits 130.  The job's stdin is /dev/null.
+
+    With --server (or JOBWORKER_SERVER), the same on that service: the job runs there
+    (as start would start it), its output comes here live, jobworker exits with its exit
+    code, and Ctrl-C stops it through the service.
     """
-    if limits.io_path is None and (limits.io_read_bps or limits.io_write_bps):
-        limits = replace(limits, io_path=os.getcwd())
-    code, info = run_local(command, limits, grace, log_dir)
+    job_command = Command(command[0], command[1:], env=env, cwd=cwd)
+    info: JobInfo | None
+    if connection is not None:
+        if log_dir is not None:
+            raise click.BadParameter(
+                "the service keeps the logs of its jobs (see jobworker logs)",
+                click.get_current_context(),
+                param_hint="'--log-dir' with --server",
+            )
+        from ._run_remote import run_remote
+
+        code, info = run_remote(connection, job_command, limits, grace)
+        log_kept = True
+    else:
+        limits = _local_io_path(limits)
+        code, info = run_local(job_command, limits, grace, log_dir)
+        log_kept = log_dir is not None
     if info is not None and info.status.oom_killed and not as_json:
-        _say(_oom_message(info))
+        say(oom_message(info))
     if info is not None and (summary or as_json):
         from . import _output
 
         if as_json:
-            record = _output.job_record(info, log_kept=log_dir is not None)
+            record = _output.job_record(info, log_kept=log_kept)
             _output.print_json(record, sys.stderr, one_line=True)
         else:
             colour = _output.use_colour(sys.stderr)
-            text = _output.job_details(info, colour=colour, log_kept=log_dir is not None)
+            text = _output.job_details(info, colour=colour, log_kept=log_kept)
             click.echo(text, err=True, nl=False, color=colour)
     return code
+
+
+def _local_io_path(limits: Limits) -> Limits:
+    """--io-path on this machine: it must exist; by default the current directory."""
+    if limits.io_path is None:
+        if limits.io_read_bps or limits.io_write_bps:
+            return replace(limits, io_path=os.getcwd())
+        return limits
+    path = os.fspath(limits.io_path)
+    if not os.path.exists(path):
+        raise click.BadParameter(
+            f"Path {path!r} does not exist.", click.get_current_context(), param_hint="'--io-path'"
+        )
+    return replace(limits, io_path=os.path.abspath(path))
