@@ -7,6 +7,7 @@ machine offers (cgroups when root) and with none (process groups only).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import subprocess
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,3 +230,23 @@ def error_line(result: subprocess.CompletedProcess[bytes]) -> str:
     lines = stderr_lines(result.stderr)
     assert len(lines) == 1, lines
     return lines[0].removeprefix("jobworker: ")
+
+
+def documented_record() -> dict[str, Any]:
+    """The example of a job's JSON object in docs/CLI.md."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "CLI.md").read_text()
+    example: dict[str, Any] = json.loads(doc.split("```json\n", 1)[1].split("```", 1)[0])
+    return example
+
+
+def same_shape(obj: object, example: object) -> bool:
+    """Whether ``obj`` has the keys of ``example``, in its order, nested; a null on either
+    side stands for an object that may be null (``run_as``), and ``command.env`` is the
+    job's own mapping."""
+    if obj is None or example is None:
+        return True
+    if isinstance(obj, dict) and isinstance(example, dict):
+        return list(obj) == list(example) and all(
+            k == "env" or same_shape(obj[k], example[k]) for k in obj
+        )
+    return not isinstance(obj, dict) and not isinstance(example, dict)

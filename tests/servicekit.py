@@ -307,3 +307,111 @@ class CuttingProxy:
             w.transport.abort()
         await asyncio.wait([up, down])
         await asyncio.sleep(0)  # the aborted transports close their sockets
+
+
+class ProxyThread:
+    """A ``CuttingProxy`` on an event loop of its own thread, for clients in other
+    processes (the CLI); ``address`` once entered."""
+
+    def __init__(self, target: str, cut_after: int) -> None:
+        self.proxy = CuttingProxy(target, cut_after)
+        self.address = ""
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="proxy")
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with self.proxy as address:
+            self.address = address
+            self._started.set()
+            await self._stop.wait()
+
+    @property
+    def cuts(self) -> int:
+        return self.proxy.cuts
+
+    def __enter__(self) -> ProxyThread:
+        self._thread.start()
+        assert self._started.wait(30), "the proxy did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+
+# ---------------------------------------------------------------------------------------
+# The service as a user starts it: `jobworker serve`.
+
+
+class ServeProcess:
+    """``jobworker serve ARGS`` in a child process, its stderr (one JSON line per RPC) in
+    a file, so that it never blocks on a full pipe."""
+
+    def __init__(self, jobworker: str, args: list[str], log: Path) -> None:
+        self.log = log
+        self._log_file = open(log, "wb")  # noqa: SIM115 -- open for the server's life
+        self.proc = subprocess.Popen(
+            [jobworker, "serve", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log_file,
+        )
+        self.addresses: list[str] = []
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log.read_bytes().splitlines():
+                if b'"event": "listening"' in line:
+                    self.addresses = json.loads(line)["addresses"]
+                    return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"serve not listening: {self.output()}")
+            time.sleep(0.02)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    @property
+    def unix(self) -> str:
+        return next(a for a in self.addresses if a.startswith("unix:"))
+
+    @property
+    def tcp(self) -> str:
+        return next(a for a in self.addresses if not a.startswith("unix:"))
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, as an init system stops it; its exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log_file.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._log_file.close()
+
+
+@contextlib.contextmanager
+def serve_process(jobworker: str, args: list[str], log: Path) -> Iterator[ServeProcess]:
+    """``jobworker serve ARGS`` for the span of a ``with``, listening; it must stop on
+    SIGTERM with exit 0 at the end."""
+    server = ServeProcess(jobworker, args, log)
+    try:
+        server.wait_listening()
+        yield server
+        assert server.terminate() == 0, server.output()
+    finally:
+        server.kill()

@@ -57,7 +57,7 @@ def test_no_command_shows_the_help_as_a_usage_error() -> None:
     ("args", "pattern"),
     # Regular expressions: the wording is click's, and varies a little between versions.
     [
-        (["bogus"], r"No such command 'bogus'\. \(see 'jobworker --help'\)$"),
+        (["xyzzy"], r"No such command 'xyzzy'\. \(see 'jobworker --help'\)$"),
         (["--bogus"], r"No such option.*--bogus.*\(see 'jobworker --help'\)$"),
         (["run", "--memroy", "1G", "--", "true"], r"No such option.*--memroy.*--memory"),
         (["run"], r"Missing argument '-- CMD \[ARGS\]\.\.\.'\. \(see 'jobworker run --help'\)$"),
@@ -110,6 +110,13 @@ def test_shell_completion() -> None:
 
     assert "plain,run" in complete("jobworker ru")
     assert "plain,--memory" in complete("jobworker run --mem")
+    assert [w for w in complete("jobworker st") if w.startswith("plain,")] == [
+        "plain,start",
+        "plain,status",
+        "plain,stop",
+    ]
+    assert "plain,--follow" in complete("jobworker logs --f")
+    assert "plain,--max-running-jobs" in complete("jobworker serve --max")
 
 
 def test_every_exit_code_is_documented() -> None:
@@ -184,6 +191,13 @@ def _top(names: set[str], of: set[str]) -> set[str]:
     return {n for n in names if n in of or any(n.startswith(p + ".") for p in of)}
 
 
+# What a command of the service needs: the client (asyncio, gRPC, protobuf, TLS), and
+# jobworker.server for the local socket's path; never the worker, nor the server's
+# machinery, nor certificate making.
+CLIENT = {"jobworker.client", "grpclib", "google.protobuf", "asyncio", "ssl", "jobworker.server"}
+SERVER = {"jobworker.server._app", "jobworker.server._service", "jobworker.server._runas"}
+
+
 @pytest.mark.parametrize(
     ("args", "not_loaded"),
     [
@@ -191,8 +205,21 @@ def _top(names: set[str], of: set[str]) -> set[str]:
         (["run", "--help"], HEAVY | WORKER),
         (["run", "--memory", "12Q", "--", "true"], HEAVY | WORKER),
         (["run", "--", "true"], HEAVY - {"ssl"}),  # asyncio (and its ssl) come with the worker
+        (["list", "--help"], HEAVY | WORKER),
+        (["status", "not-a-uuid"], HEAVY | WORKER),
+        (["list", "--server", "unix:/nonexistent"], HEAVY - CLIENT | WORKER - CLIENT | SERVER),
+        (["list"], HEAVY - CLIENT | WORKER - CLIENT | SERVER),  # the local socket
+        (["serve", "--help"], HEAVY | WORKER),
+        (["serve", "--grace", "inf"], WORKER | SERVER | {"grpclib", "cryptography"}),
+        (["certs", "--help"], HEAVY | WORKER),
+        (["certs", "--user", "ca", "/nonexistent"], WORKER | SERVER | {"grpclib"}),
     ],
 )
 def test_commands_load_only_what_they_use(args: list[str], not_loaded: set[str]) -> None:
     loaded = _loaded_by(*args)
     assert not _top(loaded, not_loaded)
+
+
+def test_the_import_check_sees_what_a_command_loads() -> None:
+    loaded = _loaded_by("list", "--server", "unix:/nonexistent")
+    assert _top(loaded, CLIENT) >= {"jobworker.client", "grpclib", "asyncio"}

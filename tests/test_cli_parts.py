@@ -273,5 +273,5 @@ def test_a_command_is_shown_on_one_line_without_escape_sequences(
     info = worker.wait(job, owner)
     for text in (job_details(info, colour=False), jobs_table([info], colour=False)):
         assert "\x1b" not in text and "\t" not in text
-        assert len(text.splitlines()) == (2 if text.startswith("ID") else 14)
+        assert len(text.splitlines()) == (2 if text.startswith("ID") else 16)
     assert "'\\x1b[2J\\nline\\ttwo'" in job_details(info, colour=False)

@@ -20,7 +20,15 @@ import pytest
 
 from jobworker import detect
 
-from conftest import JOBWORKER, PY, dies, error_line, stderr_lines
+from conftest import (
+    JOBWORKER,
+    PY,
+    dies,
+    documented_record,
+    error_line,
+    same_shape,
+    stderr_lines,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROL = detect()
@@ -276,17 +284,9 @@ def test_json_summary(tmpdir_env: dict[str, str]) -> None:
     }
     assert record["limits"]["pids"] == 50
     assert record["log_path"] is None  # removed with the run's temporary directory
+    assert record["run_as"] is None  # jobworker's own user
     # The shape docs/CLI.md documents, key for key.
-    doc = (ROOT / "docs" / "CLI.md").read_text()
-    example = json.loads(doc.split("```json\n", 1)[1].split("```", 1)[0])
-
-    def shape(obj: object) -> object:
-        if isinstance(obj, dict):
-            return {k: shape(v) for k, v in obj.items()}
-        return None
-
-    assert shape(record) == shape(example)
-    assert list(record) == list(example)
+    assert same_shape(record, documented_record())
 
 
 def test_human_summary(tmpdir_env: dict[str, str]) -> None:
