@@ -5,6 +5,7 @@ a subprocess against it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from conftest import (
     same_shape,
     stderr_lines,
 )
-from servicekit import ProxyThread, ServeProcess, pids_alive, serve_process
+from servicekit import ProxyThread, ServeProcess, pids_alive, serve_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROL = detect()
@@ -317,6 +318,32 @@ def test_wait_json_and_a_job_that_dies_of_a_signal(env: dict[str, str]) -> None:
         "stop_type": None,
         "oom_killed": False,
     }
+
+
+def has_socket(pid: int) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd).startswith("socket:") for fd in fds.iterdir())
+    except FileNotFoundError:  # an fd closed meanwhile
+        return False
+
+
+def test_ctrl_c_stops_the_waiting_not_the_job(alice: dict[str, str]) -> None:
+    job = start(alice, "sh", "-c", "echo $$; exec sleep 1000")
+    for command in (["wait", job], ["logs", "-f", job]):
+        proc = spawn(*command, env=alice)
+        assert proc.stdout is not None
+        if command[0] == "logs":
+            assert proc.stdout.readline().strip().isdigit()  # it follows
+        else:
+            # wait says nothing: once it holds a socket, it is past Python's start-up.
+            assert wait_for(functools.partial(has_socket, proc.pid))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGINT
+        assert stderr_lines(err) == []
+    assert record(alice, job)["status"]["state"] == "running"
+    assert jw("stop", "--grace", "0", job, env=alice).stdout == b"stopped (KILL)\n"
 
 
 # -- owners ----------------------------------------------------------------------------------

@@ -4,21 +4,21 @@
 code  meaning
 ====  ==================================================================================
 0     success
-1     anything else (an unexpected error; the message says what)
+1     anything else (an unexpected error, a job's log that is gone; the message says what)
 2     usage: a bad flag or value (a job id that is not a UUID, a bad grace), a limit that
-      cannot be enforced, a malformed command, a bad server configuration
+      cannot be enforced, a malformed command, a configuration ``serve`` refuses
 3     no such job (a job of another owner looks exactly the same)
 4     the job is not running (stopping a job that has already ended)
 5     quota exceeded: too many running jobs for this owner
 69    the service is unavailable (not running, unreachable, not answering, shutting down)
-77    authentication or permission refused (a certificate refused by either side, an
-      admin-only request)
+77    authentication or permission refused: a certificate refused or unusable, a server
+      certificate the CA did not sign, an admin-only request
 126   the job could not be started: the command is not executable, or its log could not
       be created
 127   the command was not found
 128+N ``run`` and ``wait``: the job died of signal N (137 for SIGKILL, which is also how the
-      OOM killer kills; 143 for a job ended by a stop within its grace); any command:
-      the CLI itself got signal N (130 for Ctrl-C; ``run`` stopped the job first)
+      OOM killer kills; 143 for a job stopped within its grace); any command: the CLI
+      itself got signal N (130 for Ctrl-C; ``run`` stopped the job first)
 other ``run`` and ``wait``: the job's own exit code
 ====  ==================================================================================
 
@@ -33,7 +33,7 @@ import sys
 
 from jobworker import Status, StopType
 
-__all__ = ["CliError", "ExitCode", "exit_code_for", "status_exit_code"]
+__all__ = ["CliError", "ExitCode", "Interrupted", "exit_code_for", "status_exit_code"]
 
 
 class ExitCode(enum.IntEnum):
@@ -56,6 +56,11 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = ExitCode.FAILURE) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Interrupted(Exception):
+    """Ctrl-C ended the command (not a job's run, which handles its signals itself): exit
+    130, with nothing to say."""
 
 
 # Exceptions of the layers below, most specific first: (module, class name, exit code).

@@ -21,7 +21,7 @@ from typing import NoReturn
 import click
 
 from ._certs import certs
-from ._exitcodes import CliError, ExitCode, exit_code_for
+from ._exitcodes import CliError, ExitCode, Interrupted, exit_code_for
 from ._list import list_jobs
 from ._logs import logs
 from ._run import run
@@ -124,6 +124,10 @@ def _run(argv: Sequence[str] | None) -> int:
         _say(e.format_message())
         return e.exit_code
     except (click.Abort, KeyboardInterrupt):
+        return ExitCode.SIGNAL_BASE + signal.SIGINT
+    except Interrupted:
+        if sys.stderr.isatty():
+            click.echo(err=True)  # the shell's prompt on a line of its own, after ^C
         return ExitCode.SIGNAL_BASE + signal.SIGINT
     except BrokenPipeError:
         # Whoever read our output has gone (`jobworker ... | head`): not an error to

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from ._connection import Connection, UnixAddress
-from ._exitcodes import CliError, ExitCode
+from ._exitcodes import CliError, ExitCode, Interrupted
 
 if TYPE_CHECKING:
     from jobworker.client import Client
@@ -41,7 +41,7 @@ def make_client(connection: Connection) -> Client:
 
 def call(connection: Connection, body: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``body(client)`` on a new event loop; the client is closed at the end, however
-    ``body`` ends.  A Ctrl-C cancels ``body`` and raises KeyboardInterrupt (exit 130)."""
+    ``body`` ends.  A Ctrl-C cancels ``body`` and raises ``Interrupted`` (exit 130)."""
     import asyncio
 
     async def main() -> T:
@@ -56,4 +56,8 @@ def call(connection: Connection, body: Callable[[Client], Awaitable[T]]) -> T:
         finally:
             await client.aclose()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        # Not as KeyboardInterrupt, which click would answer with a line of its own.
+        raise Interrupted from None
