@@ -477,6 +477,21 @@ def test_run_with_a_reader_that_goes_away_stops_the_job(alice: dict[str, str]) -
     assert dies(pid)
 
 
+def test_a_config_files_server_never_sends_run_to_the_service(
+    server: ServeProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "jobworker").mkdir()
+    (tmp_path / "jobworker" / "config.toml").write_text(f'server = "{server.unix}"\n')
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    job = start(env, "true")  # the config file's service...
+    assert jw("wait", job, env=env).returncode == 0
+    ran = jw("run", "--json", "--", "true", env=env, check_stderr=False)  # ...but run is here
+    assert ran.returncode == 0
+    assert json.loads(ran.stderr.decode().splitlines()[-1])["log_path"] is None
+    there = jw("run", "--server", server.unix, "--json", "--", "true", env=env, check_stderr=False)
+    assert json.loads(there.stderr.decode().splitlines()[-1])["log_path"] is not None
+
+
 # -- logs -f -------------------------------------------------------------------------------
 
 
