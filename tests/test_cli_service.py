@@ -492,6 +492,21 @@ def test_a_config_files_server_never_sends_run_to_the_service(
     assert json.loads(there.stderr.decode().splitlines()[-1])["log_path"] is not None
 
 
+def test_a_closed_stdout_is_never_the_services_socket(env: dict[str, str]) -> None:
+    # With fd 1 closed, the connection to the service would take its number, and the
+    # job's output would be written into it.
+    job = start(env, "sh", "-c", "echo hi; echo there >&2")
+    for command in (f"logs -f {job}", "run -- sh -c 'echo hi; exit 4'"):
+        result = subprocess.run(
+            ["bash", "-c", f"exec {JOBWORKER} {command} >&-"],
+            capture_output=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert result.returncode == (4 if command.startswith("run") else 0), result.stderr
+        assert stderr_lines(result.stderr) == []
+
+
 # -- logs -f -------------------------------------------------------------------------------
 
 

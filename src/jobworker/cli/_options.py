@@ -118,7 +118,7 @@ def _decorate(f: Any, options: list[Callable[[Any], Any]]) -> Any:
 
 def limit_options(f: F, *, prefix: str = "", what: str = "") -> F:
     """``prefix``: ``default-`` for the server's defaults (``serve``), whose flags then
-    reach the command as ``default_limits``."""
+    reach the command as ``default_limits``; ``what``: added to each flag's help."""
     key = f"{prefix.replace('-', '_')}limits" if prefix else "limits"
     names = ("cpu", "memory", "io_read", "io_write", "io_path", "pids")
 
@@ -140,45 +140,45 @@ def limit_options(f: F, *, prefix: str = "", what: str = "") -> F:
             f"--{prefix}cpu",
             type=CPU,
             metavar="CORES",
-            help=f"{what}CPU time in cores (0.5: half a core).",
+            help=f"CPU time in cores (0.5: half a core).{what}",
         ),
         click.option(
             f"--{prefix}memory",
             type=SIZE,
             metavar="SIZE",
-            help=f"{what}Memory limit (256M, 1G; binary units); past it the job is OOM-killed.",
+            help=f"Memory limit (256M, 1G; binary units); past it the job is OOM-killed.{what}",
         ),
         click.option(
             f"--{prefix}io-read",
             type=RATE,
             metavar="RATE",
-            help=f"{what}Disk read limit, bytes per second (10M), on the disk of"
-            f" --{prefix}io-path.",
+            help=f"Disk read limit, bytes per second (10M), on the disk of"
+            f" --{prefix}io-path.{what}",
         ),
         click.option(
             f"--{prefix}io-write",
             type=RATE,
             metavar="RATE",
-            help=f"{what}Disk write limit, bytes per second (10M), on the disk of"
-            f" --{prefix}io-path.",
+            help=f"Disk write limit, bytes per second (10M), on the disk of"
+            f" --{prefix}io-path.{what}",
         ),
         click.option(
             f"--{prefix}io-path",
             metavar="PATH",
-            help=f"{what}A path on the disk that the io limits throttle"
+            help="A path on the disk that the io limits throttle"
             + (
                 ""
                 if prefix
                 else " (on the service's machine; run without --server: default the current"
                 " directory)"
             )
-            + ".",
+            + f".{what}",
         ),
         click.option(
             f"--{prefix}pids",
             type=PIDS,
             metavar="N",
-            help=f"{what}Maximum number of tasks (processes and threads).",
+            help=f"Maximum number of tasks (processes and threads).{what}",
         ),
     ]
     return _decorate(wrapper, options)  # type: ignore[no-any-return]

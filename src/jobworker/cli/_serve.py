@@ -123,7 +123,7 @@ _PATH = click.Path(dir_okay=True, path_type=Path)
     metavar="SECONDS",
     help="SIGTERM to SIGKILL, for a stop that names none and at shutdown (default 10).",
 )
-@functools.partial(limit_options, prefix="default-", what="Default for every job: ")
+@functools.partial(limit_options, prefix="default-", what=" A default for every job.")
 @click.option(
     "--owner",
     "owners",
