@@ -12,6 +12,7 @@ import re
 import signal
 import stat
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -463,6 +464,31 @@ def test_a_second_ctrl_c_kills_the_job_at_once(alice: dict[str, str]) -> None:
     assert proc.returncode == 130
     assert stderr_lines(err) == ["jobworker: killing the job (SIGKILL)"]
     assert dies(pid)
+
+
+def test_a_signal_while_run_starts_the_job_leaves_no_job(
+    server: ServeProcess, home: Path, tmp_path: Path
+) -> None:
+    # Whenever the signal lands (Python's start-up, connecting, the Start call in flight,
+    # the job started), run ends with no job left running.
+    env = local_env(server, home)
+    marker = tmp_path / "pid"
+    for delay in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3):
+        proc = spawn("run", "--", "sh", "-c", f"echo $$ > {marker}; exec sleep 1000", env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 1 and b"init_import_site" in err:
+            continue  # Python's own start-up was interrupted (its site module): not ours
+        # -SIGINT: it came before jobworker's code ran, and ended it as it ends any program.
+        assert proc.returncode in (130, -signal.SIGINT), err
+        assert b"Traceback" not in err
+        if marker.exists():
+            assert dies(int(marker.read_text()))
+            marker.unlink()
+    jobs = json.loads(jw("list", "--json", env=env).stdout)
+    mine = [j for j in jobs if str(marker) in " ".join(j["command"]["args"])]
+    assert [j["status"]["state"] for j in mine if j["status"]["state"] == "running"] == []
 
 
 def test_run_with_a_reader_that_goes_away_stops_the_job(alice: dict[str, str]) -> None:
