@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -60,6 +61,16 @@ def run_python(worker: Worker, owner: uuid.UUID, code: str) -> bytes:
     assert info.status == Status.exited(0), info.status
     assert info.log_path.read_bytes() == data
     return data
+
+
+def job_cgroup_lines(proc_cgroup: str) -> list[str]:
+    """The lines of a ``/proc/<pid>/cgroup`` text that name a job cgroup of one of this
+    process's workers, after checking that they all name the same job cgroup."""
+    pattern = re.compile(rf"/jobworker-{os.getpid()}-\d+-\d+/(job-[0-9a-f]{{32}})$")
+    lines = [line for line in proc_cgroup.splitlines() if pattern.search(line)]
+    names = {m[1] for line in lines if (m := pattern.search(line))}
+    assert len(names) <= 1, proc_cgroup
+    return lines
 
 
 def open_fds() -> set[str]:

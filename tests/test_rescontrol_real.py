@@ -27,6 +27,8 @@ from jobworker._rescontrol._limits import block_device
 from jobworker._rescontrol._v1 import V1JobGroup
 from jobworker._rescontrol._v2 import V2JobGroup
 
+from conftest import job_cgroup_lines
+
 MiB = 1 << 20
 
 
@@ -220,7 +222,7 @@ def test_job_lands_in_every_hierarchy_with_limits_written(rc: ResourceControl, j
         assert time.monotonic() < deadline
         time.sleep(0.005)
     lines = Path(f"/proc/{p.pid}/cgroup").read_text().splitlines()
-    inside = [line for line in lines if line.endswith(f"/job-{job_id.hex}")]
+    inside = job_cgroup_lines("\n".join(lines))
     assert len(inside) == len(g.procs_files)
     for f in g.procs_files:
         assert Path(f).read_text().split() == [str(p.pid)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -143,10 +144,13 @@ def test_layout_and_names(rc: FakeKernelV2, root: Path) -> None:
     parent = Path(rc.parent_cgroup)
     assert parent.parent == root
     assert parent.name.startswith(f"jobworker-{me}-{proc_starttime(me)}-")
-    assert job_dir(g) == parent / f"job-{job_id.hex}"
-    assert g.procs_files == (str(parent / f"job-{job_id.hex}" / "cgroup.procs"),)
-    assert g.events_file == str(parent / f"job-{job_id.hex}" / "cgroup.events")
-    assert (parent / f"job-{job_id.hex}").is_dir()
+    job = job_dir(g)
+    assert job.parent == parent
+    assert re.fullmatch("job-[0-9a-f]{32}", job.name)
+    assert g.procs_files == (str(job / "cgroup.procs"),)
+    assert g.events_file == str(job / "cgroup.events")
+    assert g.cgroup2_dir == str(job)
+    assert job.is_dir()
     assert not g.populated()
 
 

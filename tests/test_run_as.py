@@ -27,7 +27,7 @@ from jobworker import (
     detect,
 )
 
-from conftest import PY, live_children
+from conftest import PY, job_cgroup_lines, live_children
 
 # Ids nobody on this machine uses, so nothing of theirs is in the way.
 A, B = 61001, 61002
@@ -181,7 +181,7 @@ def test_the_first_instruction_runs_inside_the_cgroup(log_dir: Path, owner: uuid
         out, status = finish(w, job, owner)
     assert status == Status.exited(0)
     lines = out.decode().splitlines()
-    joined = [line for line in lines if line.endswith(f"/job-{job.hex}")]
+    joined = job_cgroup_lines(out.decode())
     assert len(joined) == (3 if control.name == "cgroup1" else 1), lines
 
 

@@ -338,7 +338,7 @@ class Shrinking:
 paths += [Shrinking(), "/nonexistent/b", "/nonexistent/c"]
 r, w = os.pipe()
 d = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)
-got = _spawn.spawn(paths, ["a"], [], None, w, [], d, "a", None, -1)
+got = _spawn.spawn(paths, ["a"], [], None, w, [], None, d, "a", None, -1)
 print(got[4] == _spawn.STAGE_EXEC, got[5] == 2)
 """
     assert host(script, str(log_dir)) == "True True\n"
@@ -406,8 +406,8 @@ def test_the_start_path_builds_with_headers_older_than_the_kernel(tmp_path: Path
     shadow.mkdir(parents=True)
     (shadow / "syscall.h").write_text(
         "#include_next <sys/syscall.h>\n"
-        "#undef SYS_close_range\n#undef SYS_pidfd_send_signal\n"
-        "#undef __NR_close_range\n#undef __NR_pidfd_send_signal\n"
+        "#undef SYS_close_range\n#undef SYS_pidfd_send_signal\n#undef SYS_clone3\n"
+        "#undef __NR_close_range\n#undef __NR_pidfd_send_signal\n#undef __NR_clone3\n"
     )
     for source in ("_spawn.c", "_signalfd.c"):
         done = subprocess.run(
@@ -469,7 +469,7 @@ d = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)
 def spawn(paths):
     r, w = os.pipe()
     pid, pidfd, log_fd, name, stage, err = _spawn.spawn(
-        paths, ["echo", "ran"], [], None, w, [], d, "echo", None, -1
+        paths, ["echo", "ran"], [], None, w, [], None, d, "echo", None, -1
     )
     os.close(w)
     if stage == _spawn.STAGE_OK:

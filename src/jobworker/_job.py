@@ -9,7 +9,8 @@ A job *ends* when all of these hold, in this order of events:
    it is a reaper, see ``_orphans``) are adopted; then the main process is reaped;
 3. the output pipe reported EOF, i.e. every process that could write has gone, and
    every byte it wrote is in the log;
-4. the job's cgroup is empty (``cgroup.events``), and then removed.
+4. the job's cgroup is empty (``cgroup.events``), and then released (removed, by the
+   resource control's background thread where it has one).
 
 Only then are status and ``ended_at`` set and readers told, so a reader that sees the
 end has seen every byte.  All of this runs on the reactor thread; ``lock`` guards only
@@ -122,6 +123,7 @@ class Job:
         self._exited = False  # the main process has exited
         self._lost = False  # ... and was reaped by someone else: its status is lost
         self._group_killed = False  # its leftovers were killed (after its exit)
+        self._group_empty = False  # its cgroup was seen empty after its exit: for good
         self._settled = False  # ... and orphans adopted, and the main process reaped
         self._exit: int | None = None  # its code, or -signal; None if unknown
         self._retries: dict[Callable[[], None], Timer] = {}  # failed steps, by step
@@ -371,7 +373,12 @@ class Job:
         then see whether the job can end.  Retried until it succeeds."""
         try:
             if not self._group_killed:
-                self._group.kill()
+                # Most jobs leave nothing behind: their cgroup is empty by the time the
+                # pidfd turns readable (a task leaves its cgroup before it notifies its
+                # parent), and an empty cgroup cannot be entered again, so one read of
+                # cgroup.events spares the kill.
+                if self._group_populated():
+                    self._group.kill()
                 self._group_killed = True
             if not self._process.reaped:
                 if is_reaper():
@@ -393,7 +400,12 @@ class Job:
         self._maybe_finish()
 
     def _group_populated(self) -> bool:
+        """Whether the job's cgroup still holds processes (after the main process's
+        exit); arms the wait for its emptiness when it does."""
+        if self._group_empty:
+            return False
         if not self._group.populated():
+            self._group_empty = True
             return False
         if self._events_fd < 0 and self._group.events_file is not None:
             # Reading the file arms it: the next change makes it EPOLLPRI-ready.
@@ -405,7 +417,10 @@ class Job:
                 os.close(fd)
                 raise
             self._events_fd = fd
-        return self._group.populated()
+        if not self._group.populated():
+            self._group_empty = True
+            return False
+        return True
 
     def _on_group_event(self, _mask: int) -> None:
         with contextlib.suppress(OSError):
@@ -482,7 +497,7 @@ class Job:
         status = self._final_status()
         if remove_group:
             try:
-                self._group.remove()
+                self._group.release()
             except OSError:
                 log.exception("jobworker: job %s: cannot remove its cgroup", self.id)
         with self.lock:

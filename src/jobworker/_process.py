@@ -103,11 +103,14 @@ class Process:
         logs: LogStore,
         run_as: RunAs | None = None,
         nofile: int = -1,
+        cgroup2_dir: str | None = None,
     ) -> tuple[Process, int, str]:
         """Start the process, and create its log in ``logs``.
 
-        ``run_as``: the user the program runs as (None: the worker's).  ``nofile``: the
-        soft ``RLIMIT_NOFILE`` it gets (-1: the worker's).  Returns the process, the
+        ``cgroup2_dir``: the cgroup2 directory of ``cgroup_procs[0]``, which the process
+        is started inside where the kernel can (``CLONE_INTO_CGROUP``).  ``run_as``: the
+        user the program runs as (None: the worker's).  ``nofile``: the soft
+        ``RLIMIT_NOFILE`` it gets (-1: the worker's).  Returns the process, the
         log's fd and the log's name.
         """
         ids = None if run_as is None else (run_as.uid, run_as.gid, run_as.groups)
@@ -118,6 +121,7 @@ class Process:
             command.cwd,
             out_fd,
             cgroup_procs,
+            cgroup2_dir,
             logs.dir_fd,
             logs.base_name(command.name),
             ids,

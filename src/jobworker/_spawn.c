@@ -79,6 +79,12 @@
 #ifndef SYS_close_range
 #define SYS_close_range JW_NEW_SYSCALL(436)
 #endif
+#ifndef SYS_clone3
+#define SYS_clone3 JW_NEW_SYSCALL(435)
+#endif
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
 /* 32-bit ids where the plain calls still take 16-bit ones (i386, arm). */
 #ifdef SYS_setresuid32
 #define JW_SYS_setgroups SYS_setgroups32
@@ -105,9 +111,14 @@ enum {
     STAGE_PIDFD = 10,
 };
 
-/* Tests set these to take the paths of kernels without close_range, or without
- * CLONE_PIDFD (which such kernels ignore rather than refuse). */
-static int without_close_range, without_clone_pidfd;
+/* Tests set these to take the paths of kernels without close_range, without
+ * CLONE_PIDFD (which such kernels ignore rather than refuse), or without clone3's
+ * CLONE_INTO_CGROUP. */
+static int without_close_range, without_clone_pidfd, without_clone_into_cgroup;
+/* Set once clone3 was refused as unknown (ENOSYS: before 5.3, or a seccomp profile;
+ * E2BIG or EINVAL: a kernel before 5.7, which knows no CLONE_INTO_CGROUP; EPERM: a
+ * sandbox): from then on every start clones the old way. */
+static int clone3_refused;
 
 /* Log names tried in order before random ones: {base}_{pid}.log, .1.log ... .9.log. */
 #define LOG_SEQUENTIAL 10
@@ -119,6 +130,7 @@ struct plan {
     char **argv;
     char **envp;
     char **cgroups; /* cgroup.procs files, NULL-terminated */
+    int into_cgroup; /* born in the cgroup of cgroups[0] (CLONE_INTO_CGROUP): skip it */
     const char *cwd;
     int out_fd;
     int max_fd;
@@ -322,7 +334,7 @@ static void __attribute__((noinline)) child(struct plan *p) {
         report(p, STAGE_FDS, errno);
         return;
     }
-    for (i = 0; p->cgroups[i]; i++) {
+    for (i = p->into_cgroup ? 1 : 0; p->cgroups[i]; i++) {
         fd = open(p->cgroups[i], O_WRONLY | O_CLOEXEC);
         if (fd < 0) {
             report(p, STAGE_CGROUP, errno);
@@ -591,6 +603,86 @@ static int child_main(void *arg) {
     _exit(127);
 }
 
+/* clone3(2) with CLONE_INTO_CGROUP (5.7): the child is born inside the job's cgroup2
+ * cgroup, where writing its pid into cgroup.procs would migrate it, a write that takes
+ * the kernel's cgroup-wide lock for migrations.  glibc has no wrapper that runs a
+ * function on a new stack, so this is one: the child starts with the parent's
+ * registers on the child stack, and must never return through the parent's frames
+ * (they are the parent's, and it sleeps in them), so it calls fn and exits right there.
+ * Only where written (x86_64); elsewhere every start takes clone() and the write. */
+struct clone3_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+    uint64_t set_tid, set_tid_size, cgroup;
+};
+
+#if defined(__x86_64__)
+#define HAVE_CLONE3 1
+/* Returns the child's pid, or -errno. */
+static long clone3_call(struct clone3_args *args, int (*fn)(void *), void *arg) {
+    long ret = SYS_clone3;
+    /* Callee-saved registers: the system call leaves them alone, in both processes. */
+    register long r_fn __asm__("r12") = (long)fn;
+    register long r_arg __asm__("r13") = (long)arg;
+    __asm__ volatile("syscall\n\t"
+                     "test %%rax, %%rax\n\t"
+                     "jnz 1f\n\t"
+                     /* The child: its stack top (16-byte aligned) is the kernel's sp. */
+                     "xor %%ebp, %%ebp\n\t"
+                     "mov %%r13, %%rdi\n\t"
+                     "call *%%r12\n\t"
+                     "mov %%eax, %%edi\n\t"
+                     "mov $60, %%eax\n\t" /* exit */
+                     "syscall\n\t"
+                     "hlt\n\t"
+                     "1:\n\t"
+                     : "+a"(ret)
+                     : "D"(args), "S"(sizeof *args), "r"(r_fn), "r"(r_arg)
+                     : "rcx", "r11", "memory", "cc");
+    return ret;
+}
+#else
+#define HAVE_CLONE3 0
+#endif
+
+/* Start the child inside the cgroup2 directory cg_dir if this kernel can; returns the
+ * pid, or -1 (errno set) where it cannot, and then the caller clones the old way (a
+ * refusal particular to this cgroup then shows up as the child's write's error). */
+static pid_t clone_into(struct plan *p, const char *cg_dir, char *stack) {
+#if HAVE_CLONE3
+    if (!cg_dir || without_clone_into_cgroup || without_clone_pidfd ||
+        __atomic_load_n(&clone3_refused, __ATOMIC_RELAXED)) {
+        errno = EINVAL;
+        return -1;
+    }
+    int cg = open(cg_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (cg < 0) return -1;
+    struct clone3_args args = {
+        .flags = CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | CLONE_INTO_CGROUP,
+        .pidfd = (uint64_t)(uintptr_t)&p->pidfd,
+        .exit_signal = SIGCHLD,
+        .stack = (uint64_t)(uintptr_t)stack,
+        .stack_size = CHILD_STACK,
+        .cgroup = (uint64_t)cg,
+    };
+    p->into_cgroup = 1;
+    long ret = clone3_call(&args, child_main, p);
+    close(cg);
+    if (ret >= 0) return (pid_t)ret;
+    p->into_cgroup = 0;
+    p->pidfd = -1; /* a clone3 that failed late may have written a number it took back */
+    if (ret == -ENOSYS || ret == -E2BIG || ret == -EINVAL || ret == -EPERM)
+        __atomic_store_n(&clone3_refused, 1, __ATOMIC_RELAXED);
+    errno = (int)-ret;
+    return -1;
+#else
+    (void)p;
+    (void)cg_dir;
+    (void)stack;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 /* A child killed while it created its log (inside openat, or before it recorded the fd)
  * leaves the log on disk and its fd in the worker's table, unrecorded.  The name it was
  * trying is in the plan; the fds are found by the file's identity (a planted file of
@@ -675,9 +767,11 @@ static int parse_run_as(PyObject *o, struct plan *p, PyObject **groups_tuple) {
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(paths, argv, envp, cwd, out_fd, cgroup_procs, log_dir_fd, log_base, run_as, nofile)\n"
-"    -> (pid, pidfd, log_fd, log_name, stage, errno)\n\n"
-"Start a process as described in the module docstring.  run_as is None or\n"
+"spawn(paths, argv, envp, cwd, out_fd, cgroup_procs, cgroup2_dir, log_dir_fd, log_base,\n"
+"      run_as, nofile) -> (pid, pidfd, log_fd, log_name, stage, errno)\n\n"
+"Start a process as described in the module docstring.  cgroup2_dir is None or the\n"
+"cgroup2 directory of cgroup_procs[0]: the child is started inside it where the kernel\n"
+"can (clone3 with CLONE_INTO_CGROUP) and joins only the others.  run_as is None or\n"
 "(uid, gid, groups); nofile is the soft RLIMIT_NOFILE the job gets, or -1 to leave it.\n"
 "On success stage is 0, pidfd refers to the new, unreaped child and log_fd (write-only,\n"
 "close-on-exec) to its new log, named log_name (bytes) in the directory log_dir_fd;\n"
@@ -687,11 +781,11 @@ PyDoc_STRVAR(spawn_doc,
 "signal that killed it, or 0.");
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
-    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *cg_o, *base_o, *run_as_o;
+    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *cg_o, *cg2_o, *base_o, *run_as_o;
     int out_fd, log_dir_fd;
     long long nofile;
-    if (!PyArg_ParseTuple(args, "OOOOiOiOOL", &paths_o, &argv_o, &envp_o, &cwd_o, &out_fd,
-                          &cg_o, &log_dir_fd, &base_o, &run_as_o, &nofile))
+    if (!PyArg_ParseTuple(args, "OOOOiOOiOOL", &paths_o, &argv_o, &envp_o, &cwd_o, &out_fd,
+                          &cg_o, &cg2_o, &log_dir_fd, &base_o, &run_as_o, &nofile))
         return NULL;
     if (out_fd <= 2) {
         PyErr_SetString(PyExc_ValueError, "out_fd must be greater than 2");
@@ -700,7 +794,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
 
     struct plan p = {0};
     struct strv paths = {0}, argv = {0}, envp = {0}, cgroups = {0};
-    PyObject *cwd_b = NULL, *base_b = NULL, *groups_t = NULL, *result = NULL;
+    PyObject *cwd_b = NULL, *cg2_b = NULL, *base_b = NULL, *groups_t = NULL, *result = NULL;
+    const char *cg2_dir = NULL;
     p.out_fd = out_fd;
     p.log_dir_fd = log_dir_fd;
     p.log_fd = -1;
@@ -715,6 +810,14 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     if (cwd_o != Py_None) {
         if (!PyUnicode_FSConverter(cwd_o, &cwd_b)) goto done;
         p.cwd = PyBytes_AS_STRING(cwd_b);
+    }
+    if (cg2_o != Py_None) {
+        if (!PyUnicode_FSConverter(cg2_o, &cg2_b)) goto done;
+        if (cgroups.n == 0) {
+            PyErr_SetString(PyExc_ValueError, "cgroup2_dir needs its cgroup.procs first");
+            goto done;
+        }
+        cg2_dir = PyBytes_AS_STRING(cg2_b);
     }
     if (!PyUnicode_FSConverter(base_o, &base_b)) goto done;
     p.log_base = PyBytes_AS_STRING(base_b);
@@ -742,7 +845,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
      * the child resets dispositions before it unblocks. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid = clone(child_main, stack + CHILD_STACK, flags, &p, &p.pidfd);
+    pid = clone_into(&p, cg2_dir, stack);
+    if (pid < 0) pid = clone(child_main, stack + CHILD_STACK, flags, &p, &p.pidfd);
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (slot) release_slot();
@@ -785,6 +889,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
 
 done:
     Py_XDECREF(cwd_b);
+    Py_XDECREF(cg2_b);
     Py_XDECREF(base_b);
     Py_XDECREF(groups_t);
     PyMem_Free(p.groups);
@@ -809,6 +914,18 @@ static PyObject *set_without_clone_pidfd(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *set_without_clone_into_cgroup(PyObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    without_clone_into_cgroup = on;
+    Py_RETURN_NONE;
+}
+
+static PyObject *clone_into_cgroup_usable(PyObject *self, PyObject *unused) {
+    return PyBool_FromLong(HAVE_CLONE3 && !without_clone_into_cgroup &&
+                           !__atomic_load_n(&clone3_refused, __ATOMIC_RELAXED));
+}
+
 static PyObject *slots(PyObject *self, PyObject *unused) {
     return Py_BuildValue("(ii)", slot_home, slot_out);
 }
@@ -819,6 +936,11 @@ static PyMethodDef methods[] = {
      "set_without_close_range(on): start as on kernels without close_range (for tests)."},
     {"set_without_clone_pidfd", set_without_clone_pidfd, METH_O,
      "set_without_clone_pidfd(on): start as on kernels that ignore CLONE_PIDFD (for tests)."},
+    {"set_without_clone_into_cgroup", set_without_clone_into_cgroup, METH_O,
+     "set_without_clone_into_cgroup(on): start as on kernels without clone3's\n"
+     "CLONE_INTO_CGROUP, joining every cgroup by writing cgroup.procs (for tests)."},
+    {"clone_into_cgroup_usable", clone_into_cgroup_usable, METH_NOARGS,
+     "clone_into_cgroup_usable() -> whether starts still try CLONE_INTO_CGROUP (for tests)."},
     {"slots", slots, METH_NOARGS,
      "slots() -> (home, out): the reserved descriptors, or -1s if given up (for tests)."},
     {NULL, NULL, 0, NULL},

@@ -100,6 +100,9 @@ class Worker:
                 if resource_control is None:
                     self.resource_control.close()
                 raise
+            # Cleaning up after a dead worker, making cgroups ahead of need, removing
+            # those of ended jobs: on the control's own thread, where no caller waits.
+            self.resource_control.start_housekeeping()
         except BaseException:
             self._logs.close()
             raise
@@ -176,6 +179,7 @@ class Worker:
                 self._logs,
                 run_as,
                 self._job_nofile,
+                group.cgroup2_dir,
             )
             logfile = self._logs.adopt(log_fd, log_name, job_id)
         except BaseException as e:

@@ -12,25 +12,38 @@ limit validation).
   ``none`` where no cgroup can be written (not root, no delegation).
 - Job cgroups live under a per-worker parent cgroup created *below the cgroup this
   process already belongs to*, never by moving a process.  A parent whose worker is gone
-  (it crashed) is killed and removed by the next worker's ``detect``/first ``create``.
-- ``ResourceControl.create(job_id, limits)`` makes the job's cgroup(s) and writes the
-  limits.  It raises ``LimitError`` for a limit this machine cannot enforce, and leaves
-  nothing behind when it raises.
+  (it crashed) is killed and removed by the next worker: by its background thread once
+  ``start_housekeeping()`` was called (the Worker calls it), else at the first ``create``.
+- ``ResourceControl.start_housekeeping()`` starts the control's background thread, which
+  from then on makes the parents, cleans up after dead workers, keeps job cgroups ready
+  ahead of need and removes released ones, so that neither a start nor a job's end
+  waits for that work (``_housekeeper``).  Without it, all of it happens inline.
+- ``ResourceControl.create(job_id, limits)`` makes (or takes a ready) job cgroup(s) and
+  writes the limits.  It raises ``LimitError`` for a limit this machine cannot enforce,
+  and leaves nothing behind when it raises.  A ready cgroup was never used by a job:
+  cgroups are not reused (a job running as the worker's user can change any knob of its
+  own cgroup, which the next job would inherit).
 - ``JobGroup.procs_files`` are absolute paths of ``cgroup.procs`` files.  The spawned
   child writes ``"0"`` (itself) into each, in order, *before* it executes the user's
   program; so the program's first instruction already runs inside every cgroup.
+  ``JobGroup.cgroup2_dir``, if not None, is the cgroup2 directory of the first of them:
+  the child is started inside it (``clone3`` with ``CLONE_INTO_CGROUP``) where the
+  kernel allows, and then joins only the others.
 - ``JobGroup.kill()`` sends SIGKILL to every process in the job's cgroup, including ones
   that left the process group (``setsid``, double fork).  It is idempotent.
 - ``JobGroup.populated()`` is True while any process is left in the cgroup;
   ``JobGroup.events_file`` (if not None) is a file that becomes ``EPOLLPRI``-ready when
   that may have changed, so the caller can wait without polling.
 - ``JobGroup.remove()`` removes every directory ``create`` made; the caller calls it only
-  after ``populated()`` turned False.  It is idempotent.
+  after ``populated()`` turned False.  It is idempotent.  ``JobGroup.release()`` is the
+  same for a job that has ended: it keeps the usage, and leaves the removal to the
+  background thread if there is one.
 - ``JobGroup.holds(pid)`` is True if the process ``pid`` (alive, or a zombie: the kernel
   keeps a dead task's cgroup, even once removed) is or was in the job's cgroup; False
   where that cannot be told.  It is how the worker recognizes a job's orphans among its
   own children (``_orphans``).
-- ``ResourceControl.close()`` removes the worker's parent cgroup(s).
+- ``ResourceControl.close()`` stops the background thread (after its queued removals)
+  and removes the ready cgroups and the worker's parent cgroup(s).
 """
 
 from __future__ import annotations
@@ -59,6 +72,11 @@ class JobGroup(abc.ABC):
     def events_file(self) -> str | None:
         """A file that turns EPOLLPRI-ready when ``populated()`` may have changed."""
 
+    @property
+    def cgroup2_dir(self) -> str | None:
+        """The cgroup2 directory of ``procs_files[0]``, to start the child inside."""
+        return None
+
     @abc.abstractmethod
     def populated(self) -> bool:
         """Whether any process is left in the job's cgroup."""
@@ -78,6 +96,11 @@ class JobGroup(abc.ABC):
     @abc.abstractmethod
     def remove(self) -> None:
         """Remove the job's cgroup directories (idempotent; only once unpopulated)."""
+
+    def release(self) -> None:
+        """The job has ended and its cgroup is empty: keep the usage, remove the
+        directories now or on a background thread."""
+        self.remove()
 
     def holds(self, pid: int) -> bool:
         """Whether process ``pid`` (alive or a zombie) is in the job's cgroup; False
@@ -102,9 +125,13 @@ class ResourceControl(abc.ABC):
     def create(self, job_id: uuid.UUID, limits: Limits) -> JobGroup:
         """Make the job's cgroup(s) with ``limits`` written; nothing is left on error."""
 
+    def start_housekeeping(self) -> None:  # noqa: B027 (optional: nothing to do by default)
+        """Start the background thread that does what no caller should wait for."""
+
     @abc.abstractmethod
     def close(self) -> None:
-        """Remove this worker's parent cgroup(s); every job group is removed already."""
+        """Stop the background thread; remove this worker's parent cgroup(s) (every
+        job group is released already)."""
 
 
 def detect(

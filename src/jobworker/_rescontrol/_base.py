@@ -1,26 +1,35 @@
 """The base classes of the v1 and v2 implementations.
 
 ``CgroupBase`` is the ``ResourceControl`` side: the worker's parent name, stale-parent
-cleanup, removing parents and cgroup trees, and the ``_mkdir``/``_rmdir`` seam.
-``CgroupJobGroup`` is the ``JobGroup`` side: usage that outlives the job's directories,
-and removing them once.  Each implementation adds only what differs: which hierarchies
-and files, and how limits are written.
+cleanup, the pool of job cgroups made ahead of need and the background thread that
+keeps it (``_housekeeper``), removing parents and cgroup trees, and the
+``_mkdir``/``_rmdir`` seam.  ``CgroupJobGroup`` is the ``JobGroup`` side: usage that
+outlives the job's directories, and removing them once, now or on the background
+thread.  Each implementation adds only what differs: which hierarchies and files, and
+how limits are written.
+
+Job cgroups are named ``job-<32 random hex digits>``, not after their job: a pooled
+one is made before its job exists.  The name is unique all the same, which is what
+``holds`` needs.
 """
 
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import errno
 import fcntl
 import os
 import threading
+import uuid
 from collections.abc import Sequence
 
 from .._fds import above_stdio
 from .._model import Usage
 from . import JobGroup, ResourceControl
 from ._cgroupfs import (
+    JOB_PREFIX,
     new_parent_name,
     parent_is_stale,
     parse_proc_cgroup,
@@ -28,9 +37,20 @@ from ._cgroupfs import (
     rmdir_retry,
     subdirs,
 )
+from ._housekeeper import Housekeeper
 from ._kill import kill_cgroup, wait_empty
 
-__all__ = ["CgroupBase", "CgroupJobGroup"]
+__all__ = ["MAX_POOLS", "POOL_SIZE", "CgroupBase", "CgroupJobGroup", "PoolKey"]
+
+# Ready job cgroups kept per set of hierarchies (a pool), and how many such sets are
+# pooled: jobs without limits use one set, and each combination of limits (on v1) one
+# more.  A ready cgroup costs the kernel a few KiB; a burst of starts drains the pool
+# only if it outruns the background thread's mkdirs.
+POOL_SIZE = 8
+MAX_POOLS = 4
+
+PoolKey = tuple[str, ...]
+"""What a job cgroup is made of besides its name (v1: its hierarchies' roles)."""
 
 
 class CgroupBase(ResourceControl):
@@ -46,6 +66,104 @@ class CgroupBase(ResourceControl):
         self._lock = threading.Lock()
         self.parent_name = new_parent_name()
         self._held: dict[str, int] = {}  # parent directory -> fd holding its flock
+        self._pool: dict[PoolKey, collections.deque[str]] = {}  # ready job cgroup names
+        self.housekeeper: Housekeeper | None = None
+
+    # -- what each implementation supplies
+
+    @abc.abstractmethod
+    def _job_dirs(self, key: PoolKey, name: str) -> list[str]:
+        """The directories of job cgroup ``name`` (its parents exist), each once."""
+
+    @abc.abstractmethod
+    def _ensure_parents(self, key: PoolKey) -> None:
+        """Make the parents the job cgroups of ``key`` go in (called under the lock)."""
+
+    @abc.abstractmethod
+    def make_parents(self) -> None:
+        """Make this worker's parent cgroups for jobs without limits (thread-safe)."""
+
+    @abc.abstractmethod
+    def stale_bases(self) -> list[str]:
+        """Where a dead worker's parents may be, the one that kills them first."""
+
+    # -- housekeeping (see _housekeeper)
+
+    def start_housekeeping(self) -> None:
+        with self._lock:
+            if self.housekeeper is None:
+                self.housekeeper = Housekeeper(self)
+
+    def _stop_housekeeping(self) -> None:
+        """Stop the background thread (its queued removals done), remove the pool."""
+        with self._lock:
+            hk, self.housekeeper = self.housekeeper, None
+        if hk is not None:
+            hk.stop()
+        with self._lock:
+            ready = [(key, name) for key, names in self._pool.items() for name in names]
+            self._pool.clear()
+        for key, name in ready:
+            for d in reversed(self._job_dirs(key, name)):
+                with contextlib.suppress(OSError):  # close() removes the parent anyway
+                    rmdir_retry(self._rmdir, d)
+
+    def clean_stale_parents(self, hk: Housekeeper | None = None) -> None:
+        """Clean every base of ``stale_bases`` (see ``clean_stale``)."""
+        for base in self.stale_bases():
+            if hk is not None and hk.stopping:
+                return
+            self.clean_stale(base)
+
+    def _take(self, key: PoolKey) -> str:
+        """The name of a job cgroup of ``key`` whose directories exist: a ready one, else
+        one made now.  The caller holds no lock, and its parents exist."""
+        name = None
+        with self._lock:
+            pool = self._pool.get(key)
+            if pool is None and self.housekeeper is not None and len(self._pool) < MAX_POOLS:
+                pool = self._pool[key] = collections.deque()
+            if pool:
+                name = pool.popleft()
+            hk = self.housekeeper if pool is not None else None
+        if hk is not None:
+            hk.refill()
+        if name is None:
+            name = _new_job_name()
+            self._make_job(key, name)
+        return name
+
+    def fill_pool_once(self) -> bool:
+        """Make one ready job cgroup where a pool is short; False if none is."""
+        with self._lock:
+            key = next((k for k, names in self._pool.items() if len(names) < POOL_SIZE), None)
+            if key is None:
+                return False
+            self._ensure_parents(key)
+        name = _new_job_name()
+        self._make_job(key, name)
+        with self._lock:
+            if self.housekeeper is not None and key in self._pool:
+                self._pool[key].append(name)
+                return True
+        # Stopped meanwhile: nothing will take it.
+        for d in reversed(self._job_dirs(key, name)):
+            rmdir_retry(self._rmdir, d)
+        return False
+
+    def _make_job(self, key: PoolKey, name: str) -> None:
+        """mkdir each directory of job cgroup ``name``; on error, none is left."""
+        made: list[str] = []
+        try:
+            for d in self._job_dirs(key, name):
+                self._mkdir(d)
+                made.append(d)
+        except BaseException:
+            for d in reversed(made):
+                # The original error matters more; close() retries the parent.
+                with contextlib.suppress(OSError):
+                    rmdir_retry(self._rmdir, d)
+            raise
 
     def make_parent(self, path: str) -> None:
         """Create this worker's parent cgroup ``path``, and hold a lock on it for the
@@ -89,6 +207,8 @@ class CgroupBase(ResourceControl):
         """Kill and remove ``jobworker-*`` siblings in ``base`` whose worker is gone.
 
         Best effort: a stale parent that cannot be removed must not stop this worker.
+        Needs no lock: it never touches this worker's own parents (their worker is
+        alive).
         """
         try:
             names = os.listdir(base)
@@ -123,6 +243,10 @@ class CgroupBase(ResourceControl):
             self.rmdir_tree(child)
 
 
+def _new_job_name() -> str:
+    return f"{JOB_PREFIX}{uuid.uuid4().hex}"
+
+
 def _lock_dir(path: str) -> int:
     """An fd of the directory ``path`` holding its exclusive flock; raises
     BlockingIOError if another holds it."""
@@ -144,6 +268,7 @@ class CgroupJobGroup(JobGroup):
 
     def __init__(self, rc: CgroupBase, paths: Sequence[str]) -> None:
         self.paths = list(paths)
+        self.name = os.path.basename(self.paths[0])
         self._rc = rc
         self._lock = threading.Lock()
         self._final: Usage | None = None
@@ -170,17 +295,28 @@ class CgroupJobGroup(JobGroup):
         # Every directory of the job bears the job's unique name.  A zombie shows it in
         # the cgroup2 line only (v1 lines show "/"), with " (deleted)" once removed; so
         # on pure v1 a dead process cannot be told.
-        name = os.path.basename(self.paths[0])
         for _, _, path in parse_proc_cgroup(text):
-            if name in path.removesuffix(" (deleted)").split("/"):
+            if self.name in path.removesuffix(" (deleted)").split("/"):
                 return True
         return False
+
+    def release(self) -> None:
+        """Keep the final usage, then have the background thread remove the directories
+        (or remove them now, without one)."""
+        with self._lock:
+            if self._final is None and not self._removed:
+                self._final = self._read_usage()
+        hk = self._rc.housekeeper
+        if hk is None:
+            self.remove()
+        else:
+            hk.remove_later(self)
 
     def remove(self) -> None:
         with self._lock:
             if self._removed:
                 return
-            if self._final is None and any(os.path.isdir(p) for p in self.paths):
+            if self._final is None:
                 # The files go with the directories: keep the last values for usage().
                 self._final = self._read_usage()
             error: OSError | None = None

@@ -15,7 +15,6 @@ import os
 import posixpath
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +26,6 @@ __all__ = [
     "RMDIR_BUSY_TIMEOUT",
     "Mount",
     "cgroup_dir",
-    "job_dir_name",
     "new_parent_name",
     "parent_is_stale",
     "parse_mountinfo",
@@ -265,7 +263,3 @@ def parent_is_stale(name: str) -> bool:
 def new_parent_name() -> str:
     pid = os.getpid()
     return f"{PARENT_PREFIX}{pid}-{proc_starttime(pid)}-{next(_SEQUENCE)}"
-
-
-def job_dir_name(job_id: uuid.UUID) -> str:
-    return f"{JOB_PREFIX}{job_id.hex}"

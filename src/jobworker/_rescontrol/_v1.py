@@ -21,6 +21,7 @@ What v2 shares with this (files, names, killing, limit checks, base classes) liv
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import uuid
@@ -30,10 +31,9 @@ from dataclasses import dataclass
 from .._errors import LimitError
 from .._model import Limits, Usage
 from . import JobGroup
-from ._base import CgroupBase, CgroupJobGroup
+from ._base import CgroupBase, CgroupJobGroup, PoolKey
 from ._cgroupfs import (
     cgroup_dir,
-    job_dir_name,
     parse_mountinfo,
     parse_proc_cgroup,
     populated_from_events,
@@ -111,6 +111,10 @@ class V1JobGroup(CgroupJobGroup):
         if UNIFIED in self.dirs:
             return os.path.join(self.dirs[UNIFIED], "cgroup.events")
         return None
+
+    @property
+    def cgroup2_dir(self) -> str | None:
+        return self.dirs.get(UNIFIED)  # the first of procs_files, if there
 
     def populated(self) -> bool:
         if UNIFIED in self.dirs:
@@ -242,18 +246,46 @@ class CgroupV1(CgroupBase):
 
     # -- parents
 
+    def stale_bases(self) -> list[str]:
+        # The unified (or freezer) hierarchy first: it kills the stale jobs as a whole,
+        # after which the other hierarchies only have empty cgroups to remove.
+        order = [self._hierarchy(r) for r in (UNIFIED, "freezer", *_ROLES)]
+        return list(dict.fromkeys(h.base for h in order if h is not None))
+
     def _prepare(self) -> None:
-        """Clean stale parents (once), and settle how jobs are killed."""
-        if not self._stale_cleaned:
-            # The unified (or freezer) hierarchy first: it kills the stale jobs as a
-            # whole, after which the other hierarchies only have empty cgroups to remove.
-            order = [self._hierarchy(r) for r in (UNIFIED, "freezer", *_ROLES)]
-            for base in dict.fromkeys(h.base for h in order if h is not None):
-                self.clean_stale(base)
-            self._stale_cleaned = True
+        """Clean stale parents (once, unless the housekeeper does), and settle how jobs
+        are killed.  Under the lock."""
+        if not self._stale_cleaned and self.housekeeper is None:
+            self.clean_stale_parents()
+        self._stale_cleaned = True
         if self.unified is not None and self.unified.base not in self._parents:
             parent = self._ensure_parent(self.unified)
             self._unified_kills = os.path.exists(os.path.join(parent, "cgroup.kill"))
+
+    def make_parents(self) -> None:
+        with self._lock:
+            self._prepare()
+            key = tuple(self._roles_for(check_limits(Limits())))
+            self._ensure_parents(key)
+            self._pool.setdefault(key, collections.deque())
+
+    def _ensure_parents(self, key: PoolKey) -> None:
+        for r in key:
+            h = self._hierarchy(r)
+            assert h is not None
+            self._ensure_parent(h)
+
+    def _job_dirs(self, key: PoolKey, name: str) -> list[str]:
+        dirs = self._dirs(key, name)
+        return list(dict.fromkeys(dirs[r] for r in key))
+
+    def _dirs(self, key: PoolKey, name: str) -> dict[str, str]:
+        out = {}
+        for r in key:
+            h = self._hierarchy(r)
+            assert h is not None
+            out[r] = os.path.join(self._parents[h.base], name)
+        return out
 
     def _ensure_parent(self, h: Hierarchy) -> str:
         parent = self._parents.get(h.base)
@@ -279,25 +311,17 @@ class CgroupV1(CgroupBase):
 
     def create(self, job_id: uuid.UUID, limits: Limits) -> JobGroup:
         checked = self._check(limits)
-        name = job_dir_name(job_id)
         with self._lock:
             self._prepare()
-            roles = self._roles_for(checked)
-            parents = {}
-            for r in roles:
-                h = self._hierarchy(r)
-                assert h is not None
-                parents[r] = self._ensure_parent(h)
+            key = tuple(self._roles_for(checked))
+            self._ensure_parents(key)
             unified_kills = self._unified_kills
-        dirs = {r: os.path.join(parents[r], name) for r in roles}
-        made: list[str] = []
+        name = self._take(key)
+        dirs = self._dirs(key, name)
         try:
-            for d in dict.fromkeys(dirs.values()):
-                self._mkdir(d)
-                made.append(d)
             self._write_limits(dirs, checked)
         except BaseException:
-            for d in reversed(made):
+            for d in reversed(self._job_dirs(key, name)):
                 # The original error matters more; close() retries the parent.
                 with contextlib.suppress(OSError):
                     rmdir_retry(self._rmdir, d)
@@ -334,6 +358,7 @@ class CgroupV1(CgroupBase):
             write_limit(os.path.join(dirs["pids"], "pids.max"), str(c.pids))
 
     def close(self) -> None:
+        self._stop_housekeeping()
         with self._lock:
             error: OSError | None = None
             # Unified first: a leftover job (a caller bug) is killed there as a whole.

@@ -1,6 +1,6 @@
 """Pure cgroup v2 resource control.
 
-Layout: ``<worker's cgroup>/jobworker-<pid>-<starttime>-<n>/job-<uuid hex>``.  The job
+Layout: ``<worker's cgroup>/jobworker-<pid>-<starttime>-<n>/job-<random hex>``.  The job
 cgroups are leaves; the per-worker parent only ever holds job cgroups, so enabling
 controllers in it is always allowed.  The worker's own cgroup is another matter: it holds
 the worker itself, and cgroup v2 refuses to enable controllers in a cgroup with processes
@@ -15,6 +15,7 @@ What v1 shares with this (files, names, killing, limit checks, base classes) liv
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -24,10 +25,9 @@ from collections.abc import Iterable, Sequence
 from .._errors import LimitError
 from .._model import Limits, Usage
 from . import JobGroup
-from ._base import CgroupBase, CgroupJobGroup
+from ._base import CgroupBase, CgroupJobGroup, PoolKey
 from ._cgroupfs import (
     cgroup_dir,
-    job_dir_name,
     populated_from_events,
     read_int_or_none,
     read_key_or_none,
@@ -39,6 +39,8 @@ from ._kill import kill_cgroup
 from ._limits import CPU_PERIOD_US, CheckedLimits, check_limits, write_limit
 
 __all__ = ["CgroupV2", "V2JobGroup"]
+
+_KEY: PoolKey = ()  # one kind of job cgroup: limits are files in it
 
 
 def _controllers_for(c: CheckedLimits) -> set[str]:
@@ -68,6 +70,10 @@ class V2JobGroup(CgroupJobGroup):
     @property
     def events_file(self) -> str | None:
         return os.path.join(self.path, "cgroup.events")
+
+    @property
+    def cgroup2_dir(self) -> str | None:
+        return self.path
 
     def populated(self) -> bool:
         return populated_from_events(os.path.join(self.path, "cgroup.events"))
@@ -173,12 +179,29 @@ class CgroupV2(CgroupBase):
     # -- parent and controllers
 
     def _ensure_parent(self) -> None:
+        """Make the parent (cleaning stale ones first, unless the housekeeper does);
+        under the lock."""
         if self._parent_made:
             return
-        self.clean_stale(self.worker_cgroup)
+        if self.housekeeper is None:
+            self.clean_stale(self.worker_cgroup)
         self.make_parent(self.parent_cgroup)
         self._parent_made = True
         self._parent_enabled = set()
+
+    def stale_bases(self) -> list[str]:
+        return [self.worker_cgroup]
+
+    def make_parents(self) -> None:
+        with self._lock:
+            self._ensure_parent()
+            self._pool.setdefault(_KEY, collections.deque())
+
+    def _ensure_parents(self, key: PoolKey) -> None:
+        self._ensure_parent()
+
+    def _job_dirs(self, key: PoolKey, name: str) -> list[str]:
+        return [os.path.join(self.parent_cgroup, name)]
 
     def _enable(self, cgroup: str, controllers: Iterable[str]) -> None:
         value = " ".join(f"+{c}" for c in sorted(controllers))
@@ -219,9 +242,10 @@ class CgroupV2(CgroupBase):
         checked, needed, useful = self._plan(limits)
         with self._lock:
             self._ensure_parent()
+            # Before a ready cgroup is taken: enabling a controller in the parent gives
+            # every child its files, ready ones included.
             self._enable_controllers(needed, useful)
-        path = os.path.join(self.parent_cgroup, job_dir_name(job_id))
-        self._mkdir(path)
+        path = os.path.join(self.parent_cgroup, self._take(_KEY))
         try:
             self._write_limits(path, checked)
         except BaseException:
@@ -253,6 +277,7 @@ class CgroupV2(CgroupBase):
             write_limit(os.path.join(path, "pids.max"), str(c.pids))
 
     def close(self) -> None:
+        self._stop_housekeeping()
         with self._lock:
             if not self._parent_made:
                 return

@@ -1,0 +1,119 @@
+"""The background thread of a cgroup resource control: what no start and no job's end
+should wait for.
+
+A job's cgroups cost a ``mkdir`` per hierarchy before it starts and an ``rmdir`` per
+hierarchy after it ends, and a worker's first start used to clean up after a dead
+worker first (kill its jobs, wait for them to die, remove its cgroups: milliseconds to
+seconds).  None of it needs a caller, so one thread per control does it:
+
+1. makes this worker's parent cgroups (a start that comes first makes them itself,
+   under the same lock, and so waits at most for a ``mkdir``);
+2. cleans up the parents of dead workers (``CgroupBase.clean_stale``), holding no lock
+   a start needs;
+3. keeps a small pool of ready job cgroups for each set of hierarchies a job asked for
+   (``CgroupBase.fill_pool``), so that ``create`` only takes one;
+4. removes the cgroups of ended jobs (``CgroupJobGroup.release`` queues them), so the
+   reactor thread only queues.
+
+Removals come before refills: they free what refills make.  ``stop`` (from the
+control's ``close``) finishes every queued removal before it returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._base import CgroupBase, CgroupJobGroup
+
+__all__ = ["Housekeeper"]
+
+log = logging.getLogger("jobworker")
+
+
+class Housekeeper:
+    def __init__(self, rc: CgroupBase) -> None:
+        self._rc = rc
+        self._cond = threading.Condition()
+        self._removals: collections.deque[CgroupJobGroup] = collections.deque()
+        self._refill = 1  # > 0: the pool may be below its size (counts requests)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="jobworker-cgroups", daemon=True)
+        self.parents_made = threading.Event()
+        self.stale_cleaned = threading.Event()
+        self._thread.start()
+
+    def remove_later(self, group: CgroupJobGroup) -> None:
+        """Queue ``group.remove()``; once stopping, remove it now instead."""
+        with self._cond:
+            if not self._stopping:
+                self._removals.append(group)
+                self._cond.notify()
+                return
+        group.remove()
+
+    def refill(self) -> None:
+        with self._cond:
+            self._refill += 1
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Finish every queued removal, then end the thread (from any other thread)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        self._remove_queued()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def _run(self) -> None:
+        try:
+            self._rc.make_parents()
+        except Exception:
+            # A start makes them itself, and says what failed.
+            log.debug("jobworker: cannot make the parent cgroups ahead", exc_info=True)
+        finally:
+            self.parents_made.set()
+        try:
+            self._rc.clean_stale_parents(self)
+        except Exception:
+            log.exception("jobworker: cleaning up after dead workers failed")
+        finally:
+            self.stale_cleaned.set()
+        while True:
+            with self._cond:
+                while not (self._removals or self._refill or self._stopping):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                requests = self._refill
+            if self._removals:
+                self._remove_queued()
+                continue
+            try:
+                made = self._rc.fill_pool_once()
+            except Exception:
+                log.debug("jobworker: cannot fill the cgroup pool", exc_info=True)
+                made = False
+            if not made:
+                with self._cond:
+                    # Full (or failing): sleep, unless a start took one meanwhile.
+                    if self._refill == requests:
+                        self._refill = 0
+
+    def _remove_queued(self) -> None:
+        while True:
+            with self._cond:
+                if not self._removals:
+                    return
+                group = self._removals.popleft()
+            try:
+                group.remove()
+            except OSError:
+                log.exception("jobworker: cannot remove a job's cgroup")
