@@ -265,11 +265,11 @@ def test_v1_creates_only_needed_hierarchies(rc: ResourceControl, jobs: Jobs) -> 
         pytest.skip("about the v1 layout")
     g = rc.create(uuid.uuid4(), Limits())
     assert isinstance(g, V1JobGroup)
-    expected = {"memory"} if "memory" in rc.hierarchies else set()
+    # Memory only for a memory limit, unless there is no unified hierarchy.
     if rc.unified is not None:
-        expected.add("unified")
+        expected = {"unified"}
     else:
-        expected |= {"cpuacct", "freezer"} & set(rc.hierarchies)
+        expected = {"memory", "cpuacct", "freezer"} & set(rc.hierarchies)
     if rc.unified is not None and not os.path.exists(
         os.path.join(g.dirs["unified"], "cgroup.kill")
     ):

@@ -145,7 +145,7 @@ def detect(
     - ``CgroupV2`` if ``v2_mountpoint`` is a cgroup2 mount and the worker's cgroup in it
       is writable;
     - else ``CgroupV1`` if v1 hierarchies are mounted and the worker's cgroups in the
-      ones every job uses (the cgroup2 mount if any, memory, else the freezer) are
+      ones every job uses (the cgroup2 mount if any, else memory and the freezer) are
       writable;
     - else ``NoCgroups``, whose ``reason`` says why.
     """

@@ -125,7 +125,8 @@ class CgroupBase(ResourceControl):
                 pool = self._pool[key] = collections.deque()
             if pool:
                 name = pool.popleft()
-            hk = self.housekeeper if pool is not None else None
+            # Refilled by halves: one wake-up of the thread per few starts.
+            hk = self.housekeeper if pool is not None and len(pool) <= POOL_SIZE // 2 else None
         if hk is not None:
             hk.refill()
         if name is None:

@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._base import CgroupBase, CgroupJobGroup
 
-__all__ = ["Housekeeper"]
+__all__ = ["REMOVE_BATCH", "REMOVE_DELAY", "Housekeeper"]
+
+# Removals are done in batches: waking this thread for each one cost more (thread
+# switches, the GIL passed around) than the rmdir itself.
+REMOVE_BATCH = 16
+REMOVE_DELAY = 0.05
 
 log = logging.getLogger("jobworker")
 
@@ -51,7 +56,8 @@ class Housekeeper:
         with self._cond:
             if not self._stopping:
                 self._removals.append(group)
-                self._cond.notify()
+                if len(self._removals) >= REMOVE_BATCH:
+                    self._cond.notify()
                 return
         group.remove()
 
@@ -88,8 +94,10 @@ class Housekeeper:
             self.stale_cleaned.set()
         while True:
             with self._cond:
-                while not (self._removals or self._refill or self._stopping):
-                    self._cond.wait()
+                while not (len(self._removals) >= REMOVE_BATCH or self._refill or self._stopping):
+                    # A few removals wait for company, or for REMOVE_DELAY.
+                    if not self._cond.wait(REMOVE_DELAY if self._removals else None):
+                        break
                 if self._stopping:
                     return
                 requests = self._refill

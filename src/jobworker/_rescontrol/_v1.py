@@ -11,9 +11,13 @@ A cgroup2 mount without controllers (``/sys/fs/cgroup/unified``) is still worth 
 with a notification.  Without it, kill goes through the freezer and emptiness is polled.
 
 To keep start cheap, a job gets only the hierarchies it needs: the unified one (if any),
-memory always (peak memory is part of usage), cpu/blkio/pids only for their limits,
-cpuacct only for CPU time when there is no unified hierarchy, and the freezer only when
-the unified hierarchy cannot kill.
+memory, cpu, blkio and pids only for their limits, cpuacct only for CPU time when there
+is no unified hierarchy, and the freezer only when the unified hierarchy cannot kill.
+Without a unified hierarchy memory is always joined too, as the one hierarchy every
+such machine has to hold a job's processes.  So with a unified hierarchy, a job without
+a memory limit has no peak memory or OOM count in its usage (None): a memory cgroup
+cost every start a v1 migration and the worker a memcg made and removed, about a fifth
+of the start rate (see docs/DESIGN.md).
 
 What v2 shares with this (files, names, killing, limit checks, base classes) lives in
 ``_cgroupfs``, ``_kill``, ``_limits`` and ``_base``.
@@ -188,9 +192,12 @@ class CgroupV1(CgroupBase):
 
     def unusable_reason(self) -> str | None:
         """Why this machine's v1 layout cannot serve jobs, or None if it can."""
-        essential = [h for h in (self.unified, self.hierarchies.get("memory")) if h]
-        if self.unified is None and "freezer" in self.hierarchies:
-            essential.append(self.hierarchies["freezer"])
+        if self.unified is not None:
+            essential = [self.unified]
+        else:
+            essential = [h for h in (self.hierarchies.get("memory"),) if h]
+            if "freezer" in self.hierarchies:
+                essential.append(self.hierarchies["freezer"])
         if not essential:
             return "no cgroup2, memory or freezer hierarchy is mounted"
         for h in essential:
@@ -298,7 +305,7 @@ class CgroupV1(CgroupBase):
     def _roles_for(self, c: CheckedLimits) -> list[str]:
         wanted = {
             UNIFIED: True,
-            "memory": True,
+            "memory": c.memory is not None or self.unified is None,
             "cpu": c.cpu_quota_us is not None,
             "cpuacct": self.unified is None,
             "blkio": c.has_io,
