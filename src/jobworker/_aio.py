@@ -4,15 +4,20 @@ Nothing here supervises anything.  Each coroutine calls into the same ``Worker``
 looks jobs up in its owner-checked table (``Worker.jobs``); where the blocking API would
 wait (``stop`` until the job ends, a reader at EOF), this
 face hands the reactor a callback that resolves a future on the caller's event loop.
-``start`` runs inline: it is bounded work (a clone and an exec) of well under a
-millisecond, cheaper than a hop to a thread.
+``start`` runs on a thread of the loop's default executor: a start is usually well
+under a millisecond, but it can wait for the kernel (joining a v1 cgroup waits for an
+RCU grace period, milliseconds), for a file system (creating the log) or for a lock
+another start holds, and the loop must not wait with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import uuid
 
+from ._errors import JobNotRunning
 from ._follow import AsyncLogReader, resolve_soon
 from ._job import Job
 from ._model import Command, JobInfo, Limits, RunAs
@@ -50,7 +55,28 @@ class AsyncWorker:
         limits: Limits | None = None,
         run_as: RunAs | None = None,
     ) -> uuid.UUID:
-        return self.worker.start(command, owner_id, limits=limits, run_as=run_as)
+        """As ``Worker.start``, on a thread: the event loop never waits for a start.
+
+        Cancelled while the start runs, the job it started (if any) is killed at once:
+        nobody would know its id.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.run_in_executor(
+            None,
+            functools.partial(self.worker.start, command, owner_id, limits=limits, run_as=run_as),
+        )
+        try:
+            # Shielded: cancelling the wait must not drop the id of a job that starts.
+            return await asyncio.shield(started)
+        except asyncio.CancelledError:
+            started.add_done_callback(functools.partial(self._kill_unwanted, owner_id))
+            raise
+
+    def _kill_unwanted(self, owner_id: uuid.UUID, started: asyncio.Future[uuid.UUID]) -> None:
+        if started.cancelled() or started.exception() is not None:
+            return
+        with contextlib.suppress(JobNotRunning):
+            self.worker.jobs.get(started.result(), owner_id).request_stop(0)
 
     async def stop(
         self, job_id: uuid.UUID, owner_id: uuid.UUID, grace: float | None = None
