@@ -14,7 +14,7 @@ import platform
 
 __all__ = ["NR", "install", "supported"]
 
-NR = {"write": 1, "execve": 59, "kcmp": 312}
+NR = {"write": 1, "execve": 59, "kcmp": 312, "clone3": 435}
 
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _LD_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS

@@ -15,7 +15,10 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import threading
+import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,9 @@ import pytest
 from jobworker._errors import LimitError
 from jobworker._model import Limits, Usage
 from jobworker._rescontrol import CgroupV1, CgroupV2, NoCgroups, detect
+from jobworker._rescontrol._base import POOL_SIZE
 from jobworker._rescontrol._cgroupfs import parse_mountinfo, proc_starttime
+from jobworker._rescontrol._housekeeper import REMOVE_BATCH
 from jobworker._rescontrol._limits import block_device, check_limits
 from jobworker._rescontrol._v1 import find_hierarchies
 from jobworker._rescontrol._v2 import V2JobGroup
@@ -76,6 +81,18 @@ class FakeKernelV2(CgroupV2):
     def _mkdir(self, path: str) -> None:
         os.mkdir(path, 0o755)
         make_cgroup_files(Path(path), self.drop)
+
+    def _enable(self, cgroup: str, controllers: Iterable[str]) -> None:
+        # The kernel gives every existing child the files of a controller enabled in its
+        # parent (cgroups made ahead of need, here).
+        controllers = list(controllers)
+        super()._enable(cgroup, controllers)
+        for child in Path(cgroup).iterdir():
+            if child.is_dir():
+                for c in controllers:
+                    for name, content in CONTROLLER_FILES[c].items():
+                        if name not in self.drop and not (child / name).exists():
+                            (child / name).write_text(content)
 
     def _rmdir(self, path: str) -> None:
         for entry in os.scandir(path):
@@ -555,3 +572,121 @@ def test_none_refuses_limits_and_contains_nothing() -> None:
     assert not g.oom_killed()
     g.remove()
     rc.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Housekeeping: the background thread a Worker starts
+
+
+def job_dirs_in(parent: Path) -> set[str]:
+    return {p.name for p in parent.iterdir() if p.is_dir()} if parent.exists() else set()
+
+
+def wait_for(what: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "the background thread never did it"
+        time.sleep(0.002)
+
+
+def test_starts_take_cgroups_made_ahead_and_close_removes_them(
+    rc: FakeKernelV2, root: Path
+) -> None:
+    threads = threading.active_count()
+    rc.start_housekeeping()
+    parent = Path(rc.parent_cgroup)
+    wait_for(lambda: len(job_dirs_in(parent)) == POOL_SIZE)
+    ready = job_dirs_in(parent)
+    made: list[str] = []
+    real_mkdir = rc._mkdir
+
+    def counting_mkdir(path: str) -> None:
+        made.append(path)
+        real_mkdir(path)
+
+    rc._mkdir = counting_mkdir  # type: ignore[method-assign]
+    rc.start_housekeeping()  # a second call starts nothing more
+    assert threading.active_count() == threads + 1
+    taken = POOL_SIZE - POOL_SIZE // 2
+    groups = [rc.create(uuid.uuid4(), Limits(pids=5)) for _ in range(taken)]
+    for g in groups:
+        assert job_dir(g).name in ready  # taken, not made on the start path...
+        assert (job_dir(g) / "pids.max").read_text() == "5"  # ... with its limits written
+    # Half empty: refilled (by halves, off the start path).
+    wait_for(lambda: len(job_dirs_in(parent)) == POOL_SIZE + taken)
+    assert not {str(job_dir(g)) for g in groups} & set(made)
+    rc.close()
+    assert not parent.exists()
+    assert threading.active_count() == threads
+
+
+def test_released_cgroups_are_removed_in_the_background_keeping_their_usage(
+    rc: FakeKernelV2,
+) -> None:
+    rc.start_housekeeping()
+    groups = [rc.create(uuid.uuid4(), Limits()) for _ in range(REMOVE_BATCH + 1)]
+    for g in groups:
+        (job_dir(g) / "cpu.stat").write_text("usage_usec 2500000\n")
+        g.release()
+        assert g.usage().cpu_seconds == 2.5
+    # A full batch goes at once, the rest within the batch delay.
+    wait_for(lambda: not any(job_dir(g).exists() for g in groups))
+    assert all(g.usage().cpu_seconds == 2.5 for g in groups)
+    rc.close()
+
+
+def test_close_finishes_the_removals_it_has_queued(rc: FakeKernelV2) -> None:
+    rc.start_housekeeping()
+    g = rc.create(uuid.uuid4(), Limits())
+    g.release()  # one: it waits for company, or for the batch delay
+    rc.close()
+    assert not job_dir(g).exists()
+    assert not Path(rc.parent_cgroup).exists()
+    g.release()  # idempotent, also once the thread is gone
+
+
+class SlowToClean(FakeKernelV2):
+    """Cleaning up after dead workers takes until the test says so."""
+
+    def __init__(self, *args: str) -> None:
+        super().__init__(*args)
+        self.cleaning = threading.Event()
+        self.may_finish = threading.Event()
+
+    def clean_stale(self, base: str) -> None:
+        self.cleaning.set()
+        assert self.may_finish.wait(10)
+        super().clean_stale(base)
+
+
+def test_no_start_waits_for_the_cleanup_after_a_dead_worker(root: Path, tmp_path: Path) -> None:
+    dead = root / "jobworker-99999999-12345-0"
+    for d in (dead, dead / "job-aa"):
+        d.mkdir()
+        make_cgroup_files(d)
+    rc = SlowToClean(str(root), proc_file(tmp_path, "/"))
+    try:
+        rc.start_housekeeping()
+        assert rc.cleaning.wait(10)
+        g = rc.create(uuid.uuid4(), Limits())  # while the cleanup is stuck
+        assert job_dir(g).is_dir()
+        assert dead.exists()
+    finally:
+        rc.may_finish.set()
+    hk = rc.housekeeper
+    assert hk is not None
+    assert hk.stale_cleaned.wait(10)
+    assert not dead.exists()
+    rc.close()
+
+
+def test_close_waits_for_the_cleanup_after_a_dead_worker(root: Path, tmp_path: Path) -> None:
+    dead = root / "jobworker-99999999-12345-0"
+    dead.mkdir()
+    make_cgroup_files(dead)
+    rc = SlowToClean(str(root), proc_file(tmp_path, "/"))
+    rc.start_housekeeping()
+    assert rc.cleaning.wait(10)
+    threading.Timer(0.05, rc.may_finish.set).start()
+    rc.close()
+    assert not dead.exists()

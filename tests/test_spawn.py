@@ -21,12 +21,13 @@ import sysconfig
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import seccomp
 
-from jobworker import Command, CommandNotFound, StartError, Status, Worker, _spawn
+from jobworker import Command, CommandNotFound, Limits, StartError, Status, Worker, _spawn, detect
 
 from conftest import PY, FileGroups, live_children, open_fds, wait_for_child
 
@@ -560,3 +561,107 @@ print(failed > 0, sorted(os.listdir("/proc/self/fd")) == before)
 """
     pytest.importorskip("_testcapi")
     assert host(script) == "True True\n"
+
+
+# -- born inside the job's cgroup2 cgroup (clone3 with CLONE_INTO_CGROUP) ------------------
+
+
+needs_unified = pytest.mark.skipif(
+    os.geteuid() != 0 or detect().name == "none", reason="needs root and writable cgroups"
+)
+
+
+@pytest.fixture
+def cgroup2_dir() -> Iterator[str]:
+    """A real, empty job cgroup in this machine's cgroup2 hierarchy."""
+    rc = detect()
+    group = rc.create(uuid.uuid4(), Limits())
+    assert group.cgroup2_dir is not None
+    try:
+        yield group.cgroup2_dir
+    finally:
+        group.remove()
+        rc.close()
+
+
+@pytest.fixture
+def without_clone_into_cgroup() -> Iterator[None]:
+    _spawn.set_without_clone_into_cgroup(True)
+    try:
+        yield
+    finally:
+        _spawn.set_without_clone_into_cgroup(False)
+
+
+def spawn_cat_cgroup(log_dir: Path, procs: list[str], cgroup2_dir: str) -> tuple[int, int, str]:
+    """Start ``cat /proc/self/cgroup`` joining ``procs``, born in ``cgroup2_dir``:
+    (stage, errno, what cat printed)."""
+    d = os.open(log_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    r, w = os.pipe()
+    try:
+        pid, pidfd, log_fd, name, stage, err = _spawn.spawn(
+            ["/bin/cat"], ["cat", "/proc/self/cgroup"], [], None, w, procs, cgroup2_dir,
+            d, "cat", None, -1,
+        )  # fmt: skip
+        os.close(w)
+        if stage == _spawn.STAGE_OK:
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+            os.close(log_fd)
+            os.unlink(name, dir_fd=d)
+        out = b""
+        while chunk := os.read(r, 4096):
+            out += chunk
+        return stage, err, out.decode()
+    finally:
+        os.close(r)
+        os.close(d)
+
+
+@needs_unified
+def test_the_child_is_born_in_its_cgroup2_cgroup(log_dir: Path, cgroup2_dir: str) -> None:
+    # The child would fail to write the first cgroup.procs (there is no such file) if
+    # it joined by writing: it is started inside the cgroup instead.
+    assert _spawn.clone_into_cgroup_usable()
+    missing = os.path.join(str(log_dir), "no-such-dir", "cgroup.procs")
+    stage, err, out = spawn_cat_cgroup(log_dir, [missing], cgroup2_dir)
+    assert (stage, err) == (_spawn.STAGE_OK, 0)
+    (unified,) = [line for line in out.splitlines() if line.startswith("0::")]
+    assert unified.endswith("/" + os.path.basename(cgroup2_dir)), out
+
+
+@needs_unified
+def test_where_clone_into_cgroup_is_unavailable_the_child_joins_by_writing(
+    log_dir: Path, cgroup2_dir: str, without_clone_into_cgroup: None
+) -> None:
+    missing = os.path.join(str(log_dir), "no-such-dir", "cgroup.procs")
+    stage, err, _ = spawn_cat_cgroup(log_dir, [missing], cgroup2_dir)
+    assert (stage, err) == (_spawn.STAGE_CGROUP, errno.ENOENT)
+    procs = os.path.join(cgroup2_dir, "cgroup.procs")
+    stage, err, out = spawn_cat_cgroup(log_dir, [procs], cgroup2_dir)
+    assert (stage, err) == (_spawn.STAGE_OK, 0)
+    assert any(line.endswith(os.path.basename(cgroup2_dir)) for line in out.splitlines()), out
+
+
+@needs_unified
+@needs_seccomp
+def test_where_seccomp_refuses_clone3_starts_fall_back_to_joining_by_writing(
+    log_dir: Path,
+) -> None:
+    # Docker's default profile answers clone3 with ENOSYS, so that callers fall back.
+    script = """
+import errno, sys, uuid
+import seccomp
+seccomp.install([("clone3", None, 0, errno.ENOSYS)])
+from conftest import job_cgroup_lines
+from jobworker import Command, Worker, _spawn
+owner = uuid.uuid4()
+with Worker(sys.argv[1]) as w:
+    for _ in range(2):
+        job = w.start(Command("cat", ["/proc/self/cgroup"]), owner)
+        info = w.wait(job, owner)
+        lines = job_cgroup_lines(info.log_path.read_text())
+        print(info.status.exit_code, [line.split(":")[0] for line in lines])
+print(_spawn.clone_into_cgroup_usable())
+"""
+    assert host(script, str(log_dir)) == "0 ['0']\n0 ['0']\nFalse\n"

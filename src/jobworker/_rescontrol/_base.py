@@ -108,11 +108,9 @@ class CgroupBase(ResourceControl):
                 with contextlib.suppress(OSError):  # close() removes the parent anyway
                     rmdir_retry(self._rmdir, d)
 
-    def clean_stale_parents(self, hk: Housekeeper | None = None) -> None:
+    def clean_stale_parents(self) -> None:
         """Clean every base of ``stale_bases`` (see ``clean_stale``)."""
         for base in self.stale_bases():
-            if hk is not None and hk.stopping:
-                return
             self.clean_stale(base)
 
     def _take(self, key: PoolKey) -> str:

@@ -87,7 +87,8 @@ class Housekeeper:
         finally:
             self.parents_made.set()
         try:
-            self._rc.clean_stale_parents(self)
+            # Not cut short by stop(): a dead worker's jobs must not outlive this one.
+            self._rc.clean_stale_parents()
         except Exception:
             log.exception("jobworker: cleaning up after dead workers failed")
         finally:
