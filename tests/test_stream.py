@@ -233,6 +233,9 @@ def test_hundreds_of_jobs_and_readers_share_one_reactor_thread(
         aw = AsyncWorker(worker)
         threads = threading.active_count()
         jobs = [await aw.start(Command("seq", ["1", str(1000 + i)]), owner) for i in range(200)]
+        # Starts run on the loop's default executor: its few threads, not one per job.
+        assert threading.active_count() <= threads + min(32, (os.cpu_count() or 1) + 4)
+        threads = threading.active_count()
 
         async def drain(job: uuid.UUID) -> bytes:
             async with aw.stream(job, owner) as r:
