@@ -18,7 +18,14 @@ round:
 - redirect:      ``Popen(stdout=f, stderr=f)``, the kernel writes the file directly;
 - py-copy:       ``Popen(stdout=PIPE, stderr=STDOUT)`` and an os.read/os.write loop;
 - supervisord:   supervisord 4.x (if installed) with redirect_stderr and no log rotation,
-                 started over its XML-RPC socket (what ``supervisorctl start`` sends).
+                 started over its XML-RPC socket (what ``supervisorctl start`` sends);
+- c-pipe (WAKE): the same copy out of a pipe in C (``copier.c``, as ``diag_capture.py``
+                 runs it), woken by fasync signals (what the worker does) or by epoll.
+
+The targets compare each workload with the baselines that set its bar: 100-byte writes
+with the best of the blocking copy loop and supervisord (>= 0.95); 64 KiB writes with
+the C pipe copy, the ceiling of any capture through a pipe on this machine (>= 0.9; the
+redirect, which needs no pipe, is shown in the note).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -40,12 +48,19 @@ from pathlib import Path
 from typing import Any, cast
 
 import _common as c
+from diag_capture import compile_copier
 
 from jobworker import Command, Worker
 
 TOTAL = 256 * c.MiB
 WORKLOADS = {"lines": 100, "chunks": 64 * 1024}
-TARGET = 0.9
+# Per workload: the target and the baselines it is measured against (the fastest of them).
+TARGETS = {"lines": 0.95, "chunks": 0.9}
+BAR = {
+    "lines": ("py-copy", "supervisord"),
+    "chunks": ("c-pipe (fasync)", "c-pipe (epoll)"),
+}
+C_WAYS = {"c-pipe (fasync)": "fasync", "c-pipe (epoll)": "epoll"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,6 +110,20 @@ def run_redirect(argv: list[str], out: Path, total: int) -> float:
     with open(out, "wb") as f:
         p = subprocess.Popen(argv, stdout=f, stderr=f)
     return _finish(p, t0, out, total)
+
+
+def run_c_copy(copier: Path, wake: str, argv: list[str], out: Path, total: int) -> float:
+    """The copier's own wall time: from its fork of the writer to the writer reaped,
+    after EOF, with every byte in the file."""
+    done = subprocess.run(
+        [str(copier), wake, "rw", str(out), "--", *argv], check=True, capture_output=True
+    )
+    result = json.loads(done.stdout)
+    check_log(out, total)
+    out.unlink()
+    if result["exit"] != 0:
+        raise AssertionError(f"writer under the C copier: {result}")
+    return float(result["wall_s"])
 
 
 def run_py_copy(argv: list[str], out: Path, total: int) -> float:
@@ -255,6 +284,7 @@ def main() -> None:
 
     with c.temp_dir("capture") as tmp:
         writer = c.compile_writer(tmp)
+        copier = compile_copier(tmp)
         logs = tmp / "logs"
         logs.mkdir()
         argvs = {
@@ -290,6 +320,8 @@ def main() -> None:
                 }
                 if sup is not None:
                     methods["supervisord"] = partial(sup.run, workload, total)
+                for name, wake in C_WAYS.items():
+                    methods[name] = partial(run_c_copy, copier, wake, argv, tmp / "c.log", total)
                 times[workload] = {m: [] for m in methods}
                 cpu[workload] = {m: [] for m in methods}
                 names = list(methods)
@@ -317,8 +349,9 @@ def main() -> None:
     summary: list[c.Summary] = []
     for workload, per_method in times.items():
         med = {m: c.median(ts) for m, ts in per_method.items()}
-        baselines = {m: t for m, t in med.items() if not m.startswith("worker")}
-        fastest = min(baselines, key=lambda m: baselines[m])
+        bar = {m: med[m] for m in BAR[workload] if m in med}
+        best = min(bar, key=lambda m: bar[m])
+        target = TARGETS[workload]
         print(
             f"\n{workload}: {total // c.MiB} MiB as {WORKLOADS[workload]}-byte writes, "
             f"alternating stdout/stderr (median of {args.rounds})"
@@ -327,15 +360,16 @@ def main() -> None:
         writer_cpu = {m: c.median([x[1] for x in v]) for m, v in cpu[workload].items()}
         rows: list[list[object]] = []
         for m, t in med.items():
-            ratio = baselines[fastest] / t if m.startswith("worker") else None
+            ratio = bar[best] / t if m.startswith("worker") else None
+            apart = m == "supervisord" or m in C_WAYS  # its CPU is not told apart
             rows.append(
                 [
                     m,
                     f"{t:.3f}",
                     f"{total / t / 1e6:.0f}",
                     " ".join(f"{x:.3f}" for x in per_method[m]),
-                    f"{own_cpu[m]:.2f}",
-                    "-" if m == "supervisord" else f"{writer_cpu[m]:.2f}",
+                    "-" if apart else f"{own_cpu[m]:.2f}",
+                    "-" if apart else f"{writer_cpu[m]:.2f}",
                     c.ratio_str(ratio),
                 ]
             )
@@ -347,7 +381,7 @@ def main() -> None:
                 "runs (s)",
                 "cpu self s",
                 "cpu writer s",
-                f"fastest baseline/worker ({fastest})",
+                f"{best}/worker",
             ],
             rows,
         )
@@ -358,24 +392,23 @@ def main() -> None:
             "cpu_self_s": own_cpu,
             "cpu_writer_s": {m: v for m, v in writer_cpu.items() if m != "supervisord"},
             "mb_per_s": {m: total / t / 1e6 for m, t in med.items()},
-            "fastest_baseline": fastest,
-            "ratio_worker_reader": baselines[fastest] / med["worker+reader"],
-            "ratio_worker_end": baselines[fastest] / med["worker (end)"],
+            "bar": best,
+            "ratio_worker_reader": bar[best] / med["worker+reader"],
+            "ratio_worker_end": bar[best] / med["worker (end)"],
         }
+        others = [m for m in med if not m.startswith("worker") and m != best]
         for m in ("worker+reader", "worker (end)"):
-            r = baselines[fastest] / med[m]
+            r = bar[best] / med[m]
             summary.append(
                 c.Summary(
                     benchmark="capture",
                     metric=f"{workload}: {m} time, {total / med[m] / 1e6:.0f} MB/s",
                     worker=f"{med[m]:.3f} s",
-                    baseline=f"{baselines[fastest]:.3f} s ({fastest})",
+                    baseline=f"{bar[best]:.3f} s ({best})",
                     ratio=r,
-                    target=f">= {TARGET}",
-                    met=r >= TARGET,
-                    note=f"writer's CPU {writer_cpu[m]:.2f} s vs {writer_cpu[fastest]:.2f} s"
-                    if fastest != "supervisord"
-                    else "",
+                    target=f">= {target}",
+                    met=r >= target,
+                    note=", ".join(f"{o} {med[o]:.3f} s" for o in others),
                 )
             )
     if sup_note:

@@ -1,61 +1,82 @@
-"""Start rate: 300 ``/bin/true`` jobs as fast as possible, then wait for all of them.
+"""Start rate: 300 ``/bin/true`` through ``Worker.start`` back to back, all awaited by one
+asyncio loop through ``AsyncWorker.wait``; the worker without cgroups, with its default
+containment (a cgroup per job) and with limits, against a ``subprocess.Popen`` loop that
+sends each child's stdout and stderr to a fresh file.
 
-Worker (no cgroups) against a plain ``subprocess.Popen(["/bin/true"])`` loop, and (issue 3)
-the worker with one cgroup per job (the detected resource control, without limits and
-with limits) against the worker without cgroups.  Each method is timed twice: the start
-loop alone, and start loop + wait until every job has ended.  Rounds are interleaved;
-medians are reported.
+Every method puts its files in one directory on the same file system, and the rounds are
+interleaved (the order rotates), medians reported.  Logs are only deleted at the end: on
+ext4 without a journal every file deleted makes the next creations slower for minutes
+(see ``_common.file_create_us``, printed before and after).
 
-The worker creates a log file per job, which plain Popen does not: ``popen+file``
-(``Popen(stdout=<a new file>)``) and the worker with its logs on tmpfs (/dev/shm) are
-shown for reference, and the cost of creating one file in the log directory is probed
-before and after the run.  Logs are only deleted at the end, because on ext4 without a
-journal every file deleted makes the next file creations slower for minutes (see
-``_common.file_create_us``); for the same reason every method creates its files in one
-directory.
+Also measured in the same run:
+
+- **first start**: a worker is created while a dead worker's cgroups (a job with a live
+  process) wait to be cleaned up, and its first ``start`` is timed against the median of
+  the next ones (``FIRST_STARTS``), each awaited before the next;
+- **breakdown**: one more round of the worker with and without containment, with the
+  resource control's operations timed (which thread ran them, how long), and the
+  kernel's own cost of each operation measured directly (``kernel_costs``), so what
+  containment costs a job can be set against its floor;
+- ``--levers``: the same workload with each of the start path's levers taken away (for
+  the record of what each one pays; private hooks, not an API).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
+import contextlib
+import errno
+import functools
 import os
-import shutil
+import signal
 import subprocess
-import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import _common as c
 
-from jobworker import Command, LimitError, Limits, ResourceControl, Worker
+from jobworker import AsyncWorker, Command, LimitError, Limits, ResourceControl, Worker, _spawn
+from jobworker import _process as process_module
+from jobworker._rescontrol import CgroupV1, CgroupV2, _base, _v1
 
 N = 300
-TARGET_POPEN = 0.7
-TARGET_CGROUP = 0.5
+FIRST_STARTS = 20
+TARGET_NONE = 0.7
+TARGET_CGROUP = 0.6
+TARGET_FIRST = 2.0
 TRUE = "/bin/true"
+
+
+# ---------------------------------------------------------------------------------------
+# The methods.  Each returns (start loop seconds, start + wait seconds).
 
 
 def run_worker(w: Worker, n: int, limits: Limits | None) -> tuple[float, float]:
     owner = uuid.uuid4()
     cmd = Command(TRUE)
-    t0 = time.perf_counter()
-    jobs = [w.start(cmd, owner, limits=limits) for _ in range(n)]
-    t_start = time.perf_counter() - t0
-    for j in jobs:
-        c.wait_ended(w, j, owner)
-    t_all = time.perf_counter() - t0
-    for j in jobs:
-        info = w.query(j, owner)
+    aw = AsyncWorker(w)
+
+    async def main() -> tuple[float, float, list[Any]]:
+        t0 = time.perf_counter()
+        jobs = [w.start(cmd, owner, limits=limits) for _ in range(n)]
+        t_start = time.perf_counter() - t0
+        infos = await asyncio.gather(*(aw.wait(j, owner) for j in jobs))
+        return t_start, time.perf_counter() - t0, infos
+
+    t_start, t_all, infos = asyncio.run(main())
+    for info in infos:
         assert info.status.exit_code == 0, info.status
     return t_start, t_all
 
 
 def _wait_all(procs: list[subprocess.Popen[bytes]], t0: float) -> tuple[float, float]:
-    """(start loop time, start + wait time) for ``procs``, all started since ``t0``."""
     t_start = time.perf_counter() - t0
     for p in procs:
         p.wait()
@@ -102,151 +123,553 @@ def usable_limits(rc: ResourceControl) -> tuple[Limits | None, str]:
     return None, "; ".join(refused)
 
 
+# ---------------------------------------------------------------------------------------
+# A dead worker's cgroups, and the first start after a worker is made.
+
+
+def _bases(rc: ResourceControl) -> list[str]:
+    if isinstance(rc, CgroupV1):
+        return [h.base for h in (rc.unified, rc.hierarchies.get("memory")) if h]
+    assert isinstance(rc, CgroupV2)
+    return [rc.worker_cgroup]
+
+
+@contextlib.contextmanager
+def dead_worker(rc: ResourceControl | None) -> Iterator[None]:
+    """A parent cgroup named after a worker that is gone, holding a job with a live
+    process (``sleep``), as a crashed worker leaves them; whatever the next worker did
+    not clean up is undone afterwards."""
+    if rc is None:
+        yield
+        return
+    stale = [
+        os.path.join(b, f"jobworker-99999999-{uuid.uuid4().int % 10**9}-0") for b in _bases(rc)
+    ]
+    job = f"job-{uuid.uuid4().hex}"
+    sleeper = subprocess.Popen(["sleep", "1000"])
+    try:
+        for d in stale:
+            os.makedirs(os.path.join(d, job))
+            Path(d, job, "cgroup.procs").write_text(str(sleeper.pid))
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            sleeper.send_signal(signal.SIGKILL)
+        sleeper.wait()
+        for d in stale:
+            for sub in (os.path.join(d, job), d):
+                _rmdir_retry(sub)
+
+
+def first_start(log_dir: Path, stale_rc: ResourceControl | None) -> tuple[float, float]:
+    """(first start, median of the next FIRST_STARTS) seconds of a new default worker."""
+    owner = uuid.uuid4()
+    cmd = Command(TRUE)
+    with dead_worker(stale_rc), Worker(log_dir) as w:
+        t0 = time.perf_counter()
+        job = w.start(cmd, owner)
+        first = time.perf_counter() - t0
+        w.wait(job, owner)
+        times = []
+        for _ in range(FIRST_STARTS):
+            t0 = time.perf_counter()
+            job = w.start(cmd, owner)
+            times.append(time.perf_counter() - t0)
+            w.wait(job, owner)
+    return first, c.median(times)
+
+
+# ---------------------------------------------------------------------------------------
+# The breakdown: the resource control's operations, timed where they run.
+
+
+class Timings:
+    """Seconds and calls per operation, and the threads that ran it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.threads: dict[str, set[str]] = collections.defaultdict(set)
+
+    def wrap(self, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t0
+                with self.lock:
+                    self.seconds[op] += dt
+                    self.calls[op] += 1
+                    self.threads[op].add(_thread_role())
+
+        return timed
+
+
+def _thread_role() -> str:
+    name = threading.current_thread().name
+    if name == "jobworker-reactor":
+        return "reactor"
+    if name == "jobworker-cgroups":
+        return "background"
+    return "start path"
+
+
+# (operation, class, method) timed by the breakdown.
+OPERATIONS = [
+    ("mkdir (job cgroups)", _base.CgroupBase, "_make_job"),
+    ("spawn (clone/clone3, joining in the child)", process_module.Process, "spawn"),
+    ("kill", None, "kill"),
+    ("cgroup.events reads (waiting for empty)", None, "populated"),
+    ("usage read", None, "_read_usage"),
+    ("rmdir (remove)", _base.CgroupJobGroup, "remove"),
+]
+
+
+def _group_classes() -> list[type]:
+    from jobworker._rescontrol._v2 import V2JobGroup
+
+    return [_v1.V1JobGroup, V2JobGroup]
+
+
+@contextlib.contextmanager
+def instrumented() -> Iterator[Timings]:
+    """Time OPERATIONS while inside (the methods are wrapped, then put back)."""
+    t = Timings()
+    patched: list[tuple[type, str, Any]] = []
+    for op, cls, method in OPERATIONS:
+        for k in [cls] if cls is not None else _group_classes():
+            original = k.__dict__.get(method)
+            if original is None:
+                continue
+            if isinstance(original, classmethod):
+                wrapped: Any = classmethod(t.wrap(op, original.__func__))
+            else:
+                wrapped = t.wrap(op, original)
+            patched.append((k, method, original))
+            setattr(k, method, wrapped)
+    try:
+        yield t
+    finally:
+        for k, method, original in reversed(patched):
+            setattr(k, method, original)
+
+
+# ---------------------------------------------------------------------------------------
+# The kernel's own cost of each operation, measured directly.
+
+
+def _per_op_us(fn: Callable[[], None], n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return c.median(times) * 1e6
+
+
+def _rmdir_retry(path: str) -> None:
+    for _ in range(100):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.01)
+    os.rmdir(path)
+
+
+def kernel_costs(rc: ResourceControl, n: int = 200) -> dict[str, float]:
+    """Microseconds per cgroup operation, as plain system calls (median of ``n``), in the
+    worker's own parent cgroups: what containment cannot cost less than."""
+    out: dict[str, float] = {}
+    lim, _ = usable_limits(rc)
+    g = rc.create(uuid.uuid4(), lim or Limits())
+    dirs: dict[str, str] = {}
+    if isinstance(g, _v1.V1JobGroup):
+        dirs = {("cgroup2" if r == "unified" else f"v1 {r}"): d for r, d in g.dirs.items()}
+    elif g.cgroup2_dir is not None:
+        dirs = {"cgroup2": g.cgroup2_dir}
+    sleeper = subprocess.Popen(["sleep", "1000"])
+    made: list[str] = []
+    try:
+        for where, d in dirs.items():
+            parent = os.path.dirname(d)
+            names = iter([os.path.join(parent, f"job-{uuid.uuid4().hex}") for _ in range(n)])
+            made_here: list[str] = []
+
+            def mk(names: Iterator[str] = names, made_here: list[str] = made_here) -> None:
+                path = next(names)
+                os.mkdir(path)
+                made_here.append(path)
+
+            out[f"mkdir ({where})"] = _per_op_us(mk, n)
+            rm = iter(list(made_here))
+
+            def rmdir(rm: Iterator[str] = rm) -> None:
+                os.rmdir(next(rm))
+
+            out[f"rmdir ({where})"] = _per_op_us(rmdir, n)
+            a, b = (os.path.join(parent, f"job-{uuid.uuid4().hex}") for _ in range(2))
+            for x in (a, b):
+                os.mkdir(x)
+                made.append(x)
+            flip = iter([a, b] * n)
+
+            def migrate(flip: Iterator[str] = flip) -> None:
+                with open(os.path.join(next(flip), "cgroup.procs"), "w") as f:
+                    f.write(str(sleeper.pid))
+
+            out[f"migration, back to back ({where})"] = _per_op_us(migrate, n)
+
+            # Sparse: the kernel's lock for migrations then waits for an RCU grace period.
+            times = []
+            for _ in range(10):
+                time.sleep(0.02)
+                t0 = time.perf_counter()
+                migrate()
+                times.append(time.perf_counter() - t0)
+            out[f"migration, one every 20 ms ({where})"] = c.median(times) * 1e6
+            if where == "cgroup2":
+                events = os.path.join(d, "cgroup.events")
+                out["cgroup.events read (cgroup2)"] = _per_op_us(partial(_read, events), n)
+                cpu = os.path.join(d, "cpu.stat")
+                out["cpu.stat read (cgroup2)"] = _per_op_us(partial(_read, cpu), n)
+                kill = os.path.join(d, "cgroup.kill")
+                if os.path.exists(kill):
+                    out["cgroup.kill write, empty (cgroup2)"] = _per_op_us(
+                        partial(_write, kill, b"1"), n
+                    )
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for x in made:
+            _rmdir_retry(x)
+        g.kill()
+        g.remove()
+    return out
+
+
+def _read(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while os.read(fd, 65536):
+            pass
+    finally:
+        os.close(fd)
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def lever_controls(
+    rc: ResourceControl,
+) -> dict[str, tuple[ResourceControl, Callable[[bool], None]]]:
+    """Default containment with one lever taken away each (private hooks): name ->
+    (control, hook called with True before each round and False after)."""
+
+    def nothing(on: bool) -> None:
+        pass
+
+    def same_kind() -> ResourceControl:
+        fresh, _ = c.detected_control()
+        assert fresh is not None and type(fresh) is type(rc)
+        return fresh
+
+    out: dict[str, tuple[ResourceControl, Callable[[bool], None]]] = {}
+    out["lever off: clone3 (joins cgroup2 by writing cgroup.procs)"] = (
+        same_kind(),
+        _spawn.set_without_clone_into_cgroup,
+    )
+    no_thread = same_kind()
+    no_thread.start_housekeeping = lambda: None  # type: ignore[method-assign]
+    out["lever off: background thread (mkdir, rmdir inline)"] = (no_thread, nothing)
+    if isinstance(rc, CgroupV1) and rc.unified is not None and "memory" in rc.hierarchies:
+        memory = same_kind()
+        assert isinstance(memory, CgroupV1)
+        roles = memory._roles_for
+
+        def with_memory(checked: Any) -> list[str]:
+            r = roles(checked)
+            return r if "memory" in r else [r[0], "memory", *r[1:]]
+
+        setattr(memory, "_roles_for", with_memory)  # noqa: B010 (a private hook)
+        out["lever off: memory only for its limit (v1 memory always)"] = (memory, nothing)
+    return out
+
+
+def measure_rounds(
+    methods: dict[str, Callable[[], tuple[float, float]]], rounds: int, n: int
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, list[tuple[float, float]]]]:
+    """Interleaved rounds: (start, start+wait) seconds and (self, children) CPU seconds
+    per job, per method."""
+    runs: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
+    cpu: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
+    names = list(methods)
+    for rnd in range(rounds):
+        order = names[rnd % len(names) :] + names[: rnd % len(names)]
+        for m in order:
+            t0 = os.times()
+            t_start, t_all = methods[m]()
+            t1 = os.times()
+            runs[m].append((t_start, t_all))
+            own = t1.user + t1.system - t0.user - t0.system
+            kids = t1.children_user + t1.children_system - t0.children_user - t0.children_system
+            cpu[m].append((own / n, kids / n))
+            print(
+                f"  round {rnd + 1}  {m:62} start {n / t_start:6.0f}/s  "
+                f"start+wait {n / t_all:6.0f}/s",
+                flush=True,
+            )
+    return runs, cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--first-rounds", type=int, default=5)
     ap.add_argument("-n", type=int, default=N)
     ap.add_argument("--no-cgroup", action="store_true", help="skip the cgroup part")
+    ap.add_argument("--levers", action="store_true", help="also each lever taken away")
     args = ap.parse_args()
     n = args.n
+    noise = c.Noise()
 
     if args.no_cgroup:
         detected, why_not = None, "--no-cgroup given"
     else:
         detected, why_not = c.detected_control()
+    kernel = kernel_costs(detected) if detected is not None else {}
+    hooks: dict[str, Callable[[bool], None]] = {}
+    notes: list[str] = []
     with c.temp_dir("start-rate") as tmp:
-        workers: dict[str, Worker] = {}
-        limits: dict[str, Limits | None] = {}
-
-        # Every method's files go into this one directory.  On ext4 a directory's new
+        # Every method's files go into this one directory: on ext4 a directory's new
         # inodes come from its own block group, and a group where thousands of inodes
-        # were freed in the last minutes makes every creation scan past them (see
-        # _common.file_create_us): with a directory each, one method could land in a
-        # bad group and another in a good one.
+        # were freed in the last minutes makes every creation scan past them.
         logs = tmp / "logs"
         logs.mkdir()
-
-        def add_worker(name: str, rc: ResourceControl, lim: Limits | None, d: Path = logs) -> None:
-            workers[name] = Worker(d, resource_control=rc)
-            limits[name] = lim
-
-        cgroup_note = ""
-        shm = Path("/dev/shm")
-        shm_tmp = None
+        workers: dict[str, Worker] = {}
+        limits: dict[str, Limits | None] = {}
         try:
-            add_worker("worker", c.none_control(), None)
-            if shm.is_dir() and os.access(shm, os.W_OK):
-                # For reference: the same, with the logs on tmpfs, where creating a file
-                # costs next to nothing whatever was deleted before.
-                shm_tmp = Path(tempfile.mkdtemp(prefix="jobworker-bench-start-", dir=shm))
-                add_worker("worker (logs on tmpfs)", c.none_control(), None, shm_tmp)
+            workers["worker"] = Worker(logs, resource_control=c.none_control())
+            limits["worker"] = None
             if detected is None:
-                cgroup_note = f"cgroup part skipped: {why_not}"
+                notes.append(f"cgroup part skipped: {why_not}")
             else:
-                add_worker(f"worker+cgroup ({detected.name})", detected, None)
-                # A control of its own (detect() again) for the worker with limits.
+                workers["worker+cgroup"] = Worker(logs, resource_control=detected)
+                limits["worker+cgroup"] = None
                 detected2, _ = c.detected_control()
                 assert detected2 is not None
                 lim, desc = usable_limits(detected2)
                 if lim is None:
-                    cgroup_note = f"no limits accepted: {desc}"
+                    notes.append(f"no limits accepted: {desc}")
                     detected2.close()
                 else:
-                    add_worker(f"worker+cgroup+limits ({desc})", detected2, lim)
-            if cgroup_note:
-                print(cgroup_note)
+                    name = f"worker+cgroup+limits ({desc})"
+                    workers[name] = Worker(logs, resource_control=detected2)
+                    limits[name] = lim
+                if args.levers:
+                    for name, (rc, hook) in lever_controls(detected).items():
+                        workers[name] = Worker(logs, resource_control=rc)
+                        limits[name] = None
+                        hooks[name] = hook
+            for note in notes:
+                print(note)
 
-            popen_dir = logs
+            def with_hook(name: str, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+                hook = hooks.get(name)
+                if hook is None:
+                    return fn()
+                hook(True)
+                try:
+                    return fn()
+                finally:
+                    hook(False)
+
             methods: dict[str, Callable[[], tuple[float, float]]] = {
                 "popen": partial(run_popen, n),
-                "popen+file": partial(run_popen_file, n, popen_dir),
+                "popen+file": partial(run_popen_file, n, logs),
             }
             for name, w in workers.items():
-                methods[name] = partial(run_worker, w, n, limits[name])
-            create_us = [c.file_create_us(workers["worker"].log_dir)]
+                methods[name] = partial(with_hook, name, partial(run_worker, w, n, limits[name]))
+            create_us = [c.file_create_us(logs)]
             print(f"creating a file in the log directory: {create_us[0]:.0f} us")
-            # Warm-up: one batch each, not measured.
-            for fn in methods.values():
+            for fn in methods.values():  # warm-up, not measured
                 fn()
-            runs: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
-            names = list(methods)
-            for rnd in range(args.rounds):
-                order = names[rnd % len(names) :] + names[: rnd % len(names)]
-                for m in order:
-                    t_start, t_all = methods[m]()
-                    runs[m].append((t_start, t_all))
-                    print(
-                        f"  round {rnd + 1}  {m:50} start {n / t_start:7.0f}/s  "
-                        f"start+wait {n / t_all:7.0f}/s",
-                        flush=True,
-                    )
-            create_us.append(c.file_create_us(workers["worker"].log_dir))
+            runs, cpu = measure_rounds(methods, args.rounds, n)
+            create_us.append(c.file_create_us(logs))
+            # The breakdown: one more round of each, timed inside.
+            timings: dict[str, Timings] = {}
+            for m in ("worker", "worker+cgroup"):
+                if m in workers:
+                    with instrumented() as t:
+                        run_worker(workers[m], n, None)
+                    timings[m] = t
         finally:
             for w in workers.values():
                 w.close()
-            if shm_tmp is not None:
-                shutil.rmtree(shm_tmp, ignore_errors=True)
+        stale_rc = detected if detected is not None and os.geteuid() == 0 else None
+        firsts = [first_start(logs, stale_rc) for _ in range(args.first_rounds)]
         c.check_no_children("start_rate")
+    other_load = noise.foreign_cores()
+    report(args, n, runs, cpu, create_us, timings, kernel, firsts, stale_rc, notes, other_load)
 
+
+def report(
+    args: argparse.Namespace,
+    n: int,
+    runs: dict[str, list[tuple[float, float]]],
+    cpu: dict[str, list[tuple[float, float]]],
+    create_us: list[float],
+    timings: dict[str, Timings],
+    kernel: dict[str, float],
+    firsts: list[tuple[float, float]],
+    stale_rc: ResourceControl | None,
+    notes: list[str],
+    other_load: float,
+) -> None:
     med_start = {m: c.median([r[0] for r in v]) for m, v in runs.items()}
     med_all = {m: c.median([r[1] for r in v]) for m, v in runs.items()}
     rate_start = {m: n / t for m, t in med_start.items()}
     rate_all = {m: n / t for m, t in med_all.items()}
-
-    def baseline_of(m: str) -> str | None:
-        if m.startswith("popen"):
-            return None if m == "popen" else "popen"
-        return "popen" if m.startswith("worker") and "cgroup" not in m else "worker"
+    cpu_self = {m: c.median([x[0] for x in v]) for m, v in cpu.items()}
+    cpu_kids = {m: c.median([x[1] for x in v]) for m, v in cpu.items()}
+    base = "popen+file"
 
     print(
-        f"\n{n} x {TRUE}: starts per second (median of {args.rounds}); creating a file "
-        f"took {create_us[0]:.0f} us before the run, {create_us[1]:.0f} us after"
+        f"\n{n} x {TRUE}, awaited with AsyncWorker.wait, per second (median of "
+        f"{args.rounds}); creating a file took {create_us[0]:.0f} us before the run, "
+        f"{create_us[1]:.0f} us after; other processes' load {other_load:.2f} cores"
     )
-    rows: list[list[object]] = []
-    for m in runs:
-        b = baseline_of(m)
-        rows.append(
+    c.print_table(
+        ["method", "start/s", "start+wait/s", f"vs {base}", "cpu us/job: self", "children"],
+        [
             [
                 m,
                 f"{rate_start[m]:.0f}",
                 f"{rate_all[m]:.0f}",
-                "-" if b is None else f"{rate_start[m] / rate_start[b]:.2f} vs {b}",
-                "-" if b is None else f"{rate_all[m] / rate_all[b]:.2f} vs {b}",
+                "-" if m == base else f"{rate_all[m] / rate_all[base]:.2f}",
+                f"{cpu_self[m] * 1e6:.0f}",
+                f"{cpu_kids[m] * 1e6:.0f}",
             ]
+            for m in runs
+        ],
+    )
+
+    per_job_cost = (
+        (med_all["worker+cgroup"] - med_all["worker"]) / n if "worker+cgroup" in med_all else 0.0
+    )
+    breakdown: list[dict[str, Any]] = []
+    if "worker+cgroup" in timings:
+        tc, tn = timings["worker+cgroup"], timings["worker"]
+        spawn_op = OPERATIONS[1][0]
+        accounted = 0.0
+        for op, _, _ in OPERATIONS:
+            secs = tc.seconds.get(op, 0.0)
+            if op == spawn_op:
+                secs -= tn.seconds.get(op, 0.0)  # what containment adds to a spawn
+            where = ", ".join(sorted(tc.threads.get(op, set()))) or "-"
+            if where != "background":
+                accounted += secs
+            breakdown.append(
+                {
+                    "operation": "spawn: what containment adds" if op == spawn_op else op,
+                    "us_per_job": secs / n * 1e6,
+                    "calls_per_job": tc.calls.get(op, 0) / n,
+                    "thread": where,
+                }
+            )
+        breakdown.append(
+            {
+                "operation": "everything else (the rest of the difference)",
+                "us_per_job": (per_job_cost - accounted / n) * 1e6,
+                "calls_per_job": None,
+                "thread": "-",
+            }
         )
-    c.print_table(["method", "start/s", "start+wait/s", "ratio start", "ratio start+wait"], rows)
+        print(
+            f"\nwhere default containment's {per_job_cost * 1e6:.0f} us of wall time per job go "
+            "(one instrumented round; time inside each operation per job, and its thread)"
+        )
+        c.print_table(
+            ["operation", "us/job", "calls/job", "thread"],
+            [
+                [
+                    b["operation"],
+                    f"{b['us_per_job']:.1f}",
+                    "-" if b["calls_per_job"] is None else f"{b['calls_per_job']:.2f}",
+                    b["thread"],
+                ]
+                for b in breakdown
+            ],
+        )
+    if kernel:
+        print("\nthe kernel's own cost of each operation, as plain system calls (median, us)")
+        c.print_table(["operation", "us"], [[k, f"{v:.1f}"] for k, v in kernel.items()])
+    floor_ops = (
+        "mkdir (cgroup2)",
+        "rmdir (cgroup2)",
+        "cgroup.events read (cgroup2)",
+        "cpu.stat read (cgroup2)",
+    )
+    floor = sum(kernel.get(k, 0.0) for k in floor_ops)
+    first = c.median([f for f, _ in firsts])
+    then = c.median([m for _, m in firsts])
+    dead = " (a dead worker's job to clean up)" if stale_rc is not None else ""
+    print(
+        f"\nfirst start of a new worker{dead}: {first * 1e6:.0f} us (median of {len(firsts)}),"
+        f" then {then * 1e6:.0f} us (median of {FIRST_STARTS} each): {first / then:.2f}x"
+    )
 
     summary: list[c.Summary] = []
     for m in runs:
-        b = baseline_of(m)
-        if b is None or m in ("popen+file", "worker (logs on tmpfs)"):
+        if m in ("popen", base):
             continue
-        r = rate_all[m] / rate_all[b]
-        target = TARGET_POPEN if b == "popen" else TARGET_CGROUP
+        target = {"worker": TARGET_NONE, "worker+cgroup": TARGET_CGROUP}.get(m)
+        r = rate_all[m] / rate_all[base]
+        note = f"start loop only: {rate_start[m]:.0f}/s vs {rate_start[base]:.0f}/s"
+        if m == "worker":
+            note += f"; bare popen {rate_all['popen']:.0f}/s; a file create {create_us[0]:.0f} us"
+        elif m == "worker+cgroup":
+            note += (
+                f"; {per_job_cost * 1e6:.0f} us/job more than without cgroups; the kernel's "
+                f"part {floor:.0f} us (mkdir, rmdir, two reads)"
+            )
         summary.append(
             c.Summary(
                 benchmark="start_rate",
                 metric=f"{n} x true, start+wait/s: {m}",
                 worker=f"{rate_all[m]:.0f}/s",
-                baseline=f"{rate_all[b]:.0f}/s ({b})",
+                baseline=f"{rate_all[base]:.0f}/s ({base})",
                 ratio=r,
-                target=f">= {target}",
-                met=r >= target,
-                note=f"start loop only: {rate_start[m]:.0f}/s vs {rate_start[b]:.0f}/s"
-                + (
-                    f"; popen+file {rate_all['popen+file']:.0f}/s; a file create "
-                    f"{create_us[0]:.0f} us"
-                    + (
-                        f"; worker with logs on tmpfs {rate_all['worker (logs on tmpfs)']:.0f}/s"
-                        if "worker (logs on tmpfs)" in rate_all
-                        else ""
-                    )
-                    if m == "worker"
-                    else ""
-                ),
+                target="-" if target is None else f">= {target}",
+                met=None if target is None else r >= target,
+                note=note,
             )
         )
-    if cgroup_note:
+    summary.append(
+        c.Summary(
+            benchmark="start_rate",
+            metric=f"first start of a new worker{dead}",
+            worker=f"{first * 1e6:.0f} us",
+            baseline=f"{then * 1e6:.0f} us (median start)",
+            ratio=None,
+            target=f"<= {TARGET_FIRST}x",
+            met=first / then <= TARGET_FIRST,
+            note=f"{first / then:.2f}x",
+        )
+    )
+    for note in notes:
         summary.append(
             c.Summary(
                 benchmark="start_rate",
@@ -256,7 +679,7 @@ def main() -> None:
                 ratio=None,
                 target=f">= {TARGET_CGROUP}",
                 met=None,
-                note=cgroup_note,
+                note=note,
             )
         )
     results: dict[str, Any] = {
@@ -265,9 +688,16 @@ def main() -> None:
         "runs_s": {m: [list(r) for r in v] for m, v in runs.items()},
         "start_per_s": rate_start,
         "start_and_wait_per_s": rate_all,
-        "limits": {m: str(v) for m, v in limits.items()},
-        "cgroup_note": cgroup_note,
+        "cpu_self_us_per_job": {m: v * 1e6 for m, v in cpu_self.items()},
+        "cpu_children_us_per_job": {m: v * 1e6 for m, v in cpu_kids.items()},
+        "notes": notes,
         "file_create_us_before_after": create_us,
+        "containment_us_per_job": per_job_cost * 1e6,
+        "breakdown": breakdown,
+        "kernel_us": kernel,
+        "kernel_floor_us": floor,
+        "first_start_s": firsts,
+        "other_cpu_load_cores": other_load,
         "true": str(Path(TRUE).resolve()),
     }
     c.write_results("start_rate", results, summary)

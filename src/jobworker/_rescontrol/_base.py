@@ -20,6 +20,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import threading
 import uuid
@@ -48,6 +49,8 @@ __all__ = ["MAX_POOLS", "POOL_SIZE", "CgroupBase", "CgroupJobGroup", "PoolKey"]
 # only if it outruns the background thread's mkdirs.
 POOL_SIZE = 8
 MAX_POOLS = 4
+
+log = logging.getLogger("jobworker")
 
 PoolKey = tuple[str, ...]
 """What a job cgroup is made of besides its name (v1: its hierarchies' roles)."""
@@ -91,8 +94,17 @@ class CgroupBase(ResourceControl):
 
     def start_housekeeping(self) -> None:
         with self._lock:
-            if self.housekeeper is None:
-                self.housekeeper = Housekeeper(self)
+            if self.housekeeper is not None:
+                return
+            hk = self.housekeeper = Housekeeper(self)
+        # The parents now, on the caller's thread (the Worker's constructor), so that no
+        # start waits for them; stale ones are left to the thread.
+        try:
+            self.make_parents()
+        except OSError:
+            # A start makes them, and says what failed.
+            log.debug("jobworker: cannot make the parent cgroups ahead", exc_info=True)
+        hk.start()
 
     def _stop_housekeeping(self) -> None:
         """Stop the background thread (its queued removals done), remove the pool."""

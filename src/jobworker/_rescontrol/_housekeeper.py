@@ -6,13 +6,12 @@ hierarchy after it ends, and a worker's first start used to clean up after a dea
 worker first (kill its jobs, wait for them to die, remove its cgroups: milliseconds to
 seconds).  None of it needs a caller, so one thread per control does it:
 
-1. makes this worker's parent cgroups (a start that comes first makes them itself,
-   under the same lock, and so waits at most for a ``mkdir``);
-2. cleans up the parents of dead workers (``CgroupBase.clean_stale``), holding no lock
-   a start needs;
-3. keeps a small pool of ready job cgroups for each set of hierarchies a job asked for
-   (``CgroupBase.fill_pool``), so that ``create`` only takes one;
-4. removes the cgroups of ended jobs (``CgroupJobGroup.release`` queues them), so the
+1. cleans up the parents of dead workers (``CgroupBase.clean_stale``), holding no lock
+   a start needs (this worker's own parents are made before the thread starts, by
+   ``CgroupBase.start_housekeeping`` in the Worker's constructor);
+2. keeps a small pool of ready job cgroups for each set of hierarchies a job asked for
+   (``CgroupBase.fill_pool_once``), so that ``create`` only takes one;
+3. removes the cgroups of ended jobs (``CgroupJobGroup.release`` queues them), so the
    reactor thread only queues.
 
 Removals come before refills: they free what refills make.  ``stop`` (from the
@@ -47,8 +46,9 @@ class Housekeeper:
         self._refill = 1  # > 0: the pool may be below its size (counts requests)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="jobworker-cgroups", daemon=True)
-        self.parents_made = threading.Event()
         self.stale_cleaned = threading.Event()
+
+    def start(self) -> None:
         self._thread.start()
 
     def remove_later(self, group: CgroupJobGroup) -> None:
@@ -71,7 +71,8 @@ class Housekeeper:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
         self._remove_queued()
 
     @property
@@ -79,13 +80,6 @@ class Housekeeper:
         return self._stopping
 
     def _run(self) -> None:
-        try:
-            self._rc.make_parents()
-        except Exception:
-            # A start makes them itself, and says what failed.
-            log.debug("jobworker: cannot make the parent cgroups ahead", exc_info=True)
-        finally:
-            self.parents_made.set()
         try:
             # Not cut short by stop(): a dead worker's jobs must not outlive this one.
             self._rc.clean_stale_parents()
