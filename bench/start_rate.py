@@ -32,6 +32,7 @@ import functools
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -219,13 +220,16 @@ def _thread_role() -> str:
 
 # (operation, class, method) timed by the breakdown.
 OPERATIONS = [
-    ("mkdir (job cgroups)", _base.CgroupBase, "_make_job"),
-    ("spawn (clone/clone3, joining in the child)", process_module.Process, "spawn"),
+    ("mkdir: a pool's batch", _base.CgroupBase, "fill_pool_once"),
+    ("mkdir: one (pool empty)", _base.CgroupBase, "_make_job"),
+    ("spawn (clone3 into the cgroup, or clone and joining)", process_module.Process, "spawn"),
     ("kill", None, "kill"),
     ("cgroup.events reads (waiting for empty)", None, "populated"),
     ("usage read", None, "_read_usage"),
-    ("rmdir (remove)", _base.CgroupJobGroup, "remove"),
+    ("rmdir: a batch", _base.CgroupBase, "remove_groups"),
+    ("rmdir: one (not a leaf, or busy)", _base.CgroupJobGroup, "remove"),
 ]
+SPAWN = OPERATIONS[2][0]
 
 
 def _group_classes() -> list[type]:
@@ -336,6 +340,9 @@ def kernel_costs(rc: ResourceControl, n: int = 200) -> dict[str, float]:
                 times.append(time.perf_counter() - t0)
             out[f"migration, one every 20 ms ({where})"] = c.median(times) * 1e6
             if where == "cgroup2":
+                plain, fresh = _starts_us(parent, n // 4)
+                out["start of /bin/true, plain clone (no cgroup)"] = plain
+                out["start of /bin/true, clone3 into a fresh cgroup2 cgroup"] = fresh
                 events = os.path.join(d, "cgroup.events")
                 out["cgroup.events read (cgroup2)"] = _per_op_us(partial(_read, events), n)
                 cpu = os.path.join(d, "cpu.stat")
@@ -353,6 +360,40 @@ def kernel_costs(rc: ResourceControl, n: int = 200) -> dict[str, float]:
         g.kill()
         g.remove()
     return out
+
+
+def _starts_us(parent: str, n: int) -> tuple[float, float]:
+    """Median microseconds of ``_spawn.spawn`` of /bin/true (to its exec, as a start),
+    plain and born in a new cgroup of ``parent``, alternately; each reaped before the
+    next, its log and cgroup removed untimed."""
+    logs = tempfile.mkdtemp(prefix="jobworker-bench-spawn-")
+    d = os.open(logs, os.O_PATH | os.O_DIRECTORY)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for i in range(2 * n):
+            into = bool(i % 2)
+            cg = os.path.join(parent, f"job-{uuid.uuid4().hex}") if into else None
+            if cg is not None:
+                os.mkdir(cg)
+            r, w = os.pipe()
+            procs = [os.path.join(cg, "cgroup.procs")] if cg is not None else []
+            t0 = time.perf_counter()
+            pid, pidfd, log_fd, name, stage, err = _spawn.spawn(
+                [TRUE], ["true"], [], None, w, procs, cg, d, "true", None, -1
+            )
+            times[into].append(time.perf_counter() - t0)
+            os.close(w)
+            assert stage == _spawn.STAGE_OK, (stage, err)
+            os.waitpid(pid, 0)
+            for fd in (pidfd, log_fd, r):
+                os.close(fd)
+            os.unlink(name, dir_fd=d)
+            if cg is not None:
+                _rmdir_retry(cg)
+    finally:
+        os.close(d)
+        os.rmdir(logs)
+    return c.median(times[False]) * 1e6, c.median(times[True]) * 1e6
 
 
 def _read(path: str) -> None:
@@ -570,36 +611,36 @@ def report(
         (med_all["worker+cgroup"] - med_all["worker"]) / n if "worker+cgroup" in med_all else 0.0
     )
     breakdown: list[dict[str, Any]] = []
+    cpu_cost = cpu_self.get("worker+cgroup", 0.0) - cpu_self["worker"]
     if "worker+cgroup" in timings:
         tc, tn = timings["worker+cgroup"], timings["worker"]
-        spawn_op = OPERATIONS[1][0]
-        accounted = 0.0
+        timed = 0.0
         for op, _, _ in OPERATIONS:
             secs = tc.seconds.get(op, 0.0)
-            if op == spawn_op:
+            if op == SPAWN:
                 secs -= tn.seconds.get(op, 0.0)  # what containment adds to a spawn
-            where = ", ".join(sorted(tc.threads.get(op, set()))) or "-"
-            if where != "background":
-                accounted += secs
+            timed += secs
             breakdown.append(
                 {
-                    "operation": "spawn: what containment adds" if op == spawn_op else op,
+                    "operation": "spawn: what containment adds" if op == SPAWN else op,
                     "us_per_job": secs / n * 1e6,
                     "calls_per_job": tc.calls.get(op, 0) / n,
-                    "thread": where,
+                    "thread": ", ".join(sorted(tc.threads.get(op, set()))) or "-",
                 }
             )
         breakdown.append(
             {
-                "operation": "everything else (the rest of the difference)",
-                "us_per_job": (per_job_cost - accounted / n) * 1e6,
+                "operation": "everything else (the CPU cost less the above)",
+                "us_per_job": (cpu_cost - timed / n) * 1e6,
                 "calls_per_job": None,
                 "thread": "-",
             }
         )
         print(
-            f"\nwhere default containment's {per_job_cost * 1e6:.0f} us of wall time per job go "
-            "(one instrumented round; time inside each operation per job, and its thread)"
+            f"\ndefault containment costs {per_job_cost * 1e6:.0f} us of wall time and "
+            f"{cpu_cost * 1e6:.0f} us of this process's CPU per job; its operations, timed in "
+            "one more round (us per job, waits for the GIL and the CPU included), and where "
+            "they ran:"
         )
         c.print_table(
             ["operation", "us/job", "calls/job", "thread"],
@@ -623,6 +664,10 @@ def report(
         "cpu.stat read (cgroup2)",
     )
     floor = sum(kernel.get(k, 0.0) for k in floor_ops)
+    fresh = "start of /bin/true, clone3 into a fresh cgroup2 cgroup"
+    plain = "start of /bin/true, plain clone (no cgroup)"
+    if fresh in kernel and plain in kernel:
+        floor += max(0.0, kernel[fresh] - kernel[plain])
     first = c.median([f for f, _ in firsts])
     then = c.median([m for _, m in firsts])
     dead = " (a dead worker's job to clean up)" if stale_rc is not None else ""
@@ -643,7 +688,7 @@ def report(
         elif m == "worker+cgroup":
             note += (
                 f"; {per_job_cost * 1e6:.0f} us/job more than without cgroups; the kernel's "
-                f"part {floor:.0f} us (mkdir, rmdir, two reads)"
+                f"part {floor:.0f} us (a start into a new cgroup, mkdir, rmdir, two reads)"
             )
         summary.append(
             c.Summary(
@@ -693,6 +738,7 @@ def report(
         "notes": notes,
         "file_create_us_before_after": create_us,
         "containment_us_per_job": per_job_cost * 1e6,
+        "containment_cpu_us_per_job": cpu_cost * 1e6,
         "breakdown": breakdown,
         "kernel_us": kernel,
         "kernel_floor_us": floor,

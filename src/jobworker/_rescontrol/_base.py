@@ -24,8 +24,9 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from .. import _spawn
 from .._fds import above_stdio
 from .._model import Usage
 from . import JobGroup, ResourceControl
@@ -97,10 +98,12 @@ class CgroupBase(ResourceControl):
             if self.housekeeper is not None:
                 return
             hk = self.housekeeper = Housekeeper(self)
-        # The parents now, on the caller's thread (the Worker's constructor), so that no
-        # start waits for them; stale ones are left to the thread.
+        # The parents and a first pool now, on the caller's thread (the Worker's
+        # constructor): no start waits for them, and the first starts do not meet the
+        # thread's first mkdirs; stale parents are left to the thread.
         try:
             self.make_parents()
+            self.fill_pool_once()
         except OSError:
             # A start makes them, and says what failed.
             log.debug("jobworker: cannot make the parent cgroups ahead", exc_info=True)
@@ -145,22 +148,73 @@ class CgroupBase(ResourceControl):
         return name
 
     def fill_pool_once(self) -> bool:
-        """Make one ready job cgroup where a pool is short; False if none is."""
+        """Fill one pool that is short, in one batch; False if none is."""
         with self._lock:
             key = next((k for k, names in self._pool.items() if len(names) < POOL_SIZE), None)
             if key is None:
                 return False
             self._ensure_parents(key)
-        name = _new_job_name()
-        self._make_job(key, name)
+            wanted = POOL_SIZE - len(self._pool[key])
+        names = [_new_job_name() for _ in range(wanted)]
+        paths = [[*self._job_dirs(key, name)] for name in names]
+        errors = self._mkdirs([d for dirs in paths for d in dirs])
+        made, failed, at = [], None, 0
+        for name, dirs in zip(names, paths, strict=True):
+            mine = errors[at : at + len(dirs)]
+            at += len(dirs)
+            if not any(mine):
+                made.append(name)
+                continue
+            failed = failed or next(e for e in mine if e)
+            self._rmdirs([d for d, e in zip(dirs, mine, strict=True) if not e][::-1])
         with self._lock:
             if self.housekeeper is not None and key in self._pool:
-                self._pool[key].append(name)
-                return True
-        # Stopped meanwhile: nothing will take it.
-        for d in reversed(self._job_dirs(key, name)):
-            rmdir_retry(self._rmdir, d)
-        return False
+                self._pool[key].extend(made)
+                made = []
+        # Stopped meanwhile: nothing will take these.
+        self._rmdirs([d for name in made for d in reversed(self._job_dirs(key, name))])
+        if failed:
+            raise OSError(failed, os.strerror(failed))
+        return True
+
+    def remove_groups(self, groups: Sequence[CgroupJobGroup]) -> None:
+        """``remove()`` each of ``groups``, in one batch for those that are leaves."""
+        todo = []
+        for g in groups:
+            with g._lock:
+                if g._removed:
+                    continue
+                if g._final is None:
+                    g._final = g._read_usage()
+            todo.append(g)
+        errors = self._rmdirs([p for g in todo for p in g.paths])
+        at = 0
+        for g in todo:
+            mine = errors[at : at + len(g.paths)]
+            at += len(g.paths)
+            if all(e in (0, errno.ENOENT) for e in mine):
+                with g._lock:
+                    g._removed = True
+            else:
+                # Not a leaf (a root job made cgroups in it), or not yet removable
+                # (EBUSY): the careful way, one by one.
+                try:
+                    g.remove()
+                except OSError:
+                    log.exception("jobworker: cannot remove a job's cgroup")
+
+    def _mkdirs(self, paths: Sequence[str]) -> list[int]:
+        """mkdir each path: errno or 0 each.  Without the GIL, unless a test replaced the
+        seam."""
+        if type(self)._mkdir is CgroupBase._mkdir:
+            return _spawn.mkdirs(paths)
+        return [_errno_of(self._mkdir, p) for p in paths]
+
+    def _rmdirs(self, paths: Sequence[str]) -> list[int]:
+        """rmdir each path: errno or 0 each (see ``_mkdirs``)."""
+        if type(self)._rmdir is CgroupBase._rmdir:
+            return _spawn.rmdirs(paths)
+        return [_errno_of(self._rmdir, p) for p in paths]
 
     def _make_job(self, key: PoolKey, name: str) -> None:
         """mkdir each directory of job cgroup ``name``; on error, none is left."""
@@ -252,6 +306,14 @@ class CgroupBase(ResourceControl):
             kill_cgroup(child)
             wait_empty(child)
             self.rmdir_tree(child)
+
+
+def _errno_of(call: Callable[[str], None], path: str) -> int:
+    try:
+        call(path)
+    except OSError as e:
+        return e.errno or errno.EIO
+    return 0
 
 
 def _new_job_name() -> str:

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._base import CgroupBase, CgroupJobGroup
 
-__all__ = ["REMOVE_BATCH", "REMOVE_DELAY", "Housekeeper"]
+__all__ = ["CLEANUP_DELAY", "REMOVE_BATCH", "REMOVE_DELAY", "Housekeeper"]
 
 # Removals are done in batches: waking this thread for each one cost more (thread
 # switches, the GIL passed around) than the rmdir itself.
 REMOVE_BATCH = 16
 REMOVE_DELAY = 0.05
+# How long after the worker is made the cleanup after dead workers begins.
+CLEANUP_DELAY = 0.1
 
 log = logging.getLogger("jobworker")
 
@@ -80,6 +82,11 @@ class Housekeeper:
         return self._stopping
 
     def _run(self) -> None:
+        with self._cond:
+            # A new worker's first starts come first: on a machine with few cores the
+            # cleanup (killing a dead worker's jobs, removing cgroups) would compete with
+            # them for the CPU and the kernel's cgroup lock.  A close() does not wait.
+            self._cond.wait_for(lambda: self._stopping, CLEANUP_DELAY)
         try:
             # Not cut short by stop(): a dead worker's jobs must not outlive this one.
             self._rc.clean_stale_parents()
@@ -111,12 +118,8 @@ class Housekeeper:
                         self._refill = 0
 
     def _remove_queued(self) -> None:
-        while True:
-            with self._cond:
-                if not self._removals:
-                    return
-                group = self._removals.popleft()
-            try:
-                group.remove()
-            except OSError:
-                log.exception("jobworker: cannot remove a job's cgroup")
+        with self._cond:
+            groups = list(self._removals)
+            self._removals.clear()
+        if groups:
+            self._rc.remove_groups(groups)
