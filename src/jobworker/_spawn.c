@@ -926,45 +926,6 @@ static PyObject *clone_into_cgroup_usable(PyObject *self, PyObject *unused) {
                            !__atomic_load_n(&clone3_refused, __ATOMIC_RELAXED));
 }
 
-/* mkdir or rmdir each path in turn, all without the GIL: the background thread of the
- * resource control makes and removes job cgroups in batches, and taking the GIL back
- * after each call (while the starting thread and the reactor want it) cost more than
- * the calls.  Returns the list of errnos (0: done). */
-static PyObject *each_path(PyObject *arg, int remove) {
-    struct strv paths = {0};
-    if (strv_from(arg, &paths) < 0) {
-        strv_free(&paths);
-        return NULL;
-    }
-    int *errs = PyMem_Calloc((size_t)paths.n + 1, sizeof(int));
-    if (!errs) {
-        strv_free(&paths);
-        return PyErr_NoMemory();
-    }
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < paths.n; i++) {
-        int r = remove ? rmdir(paths.v[i]) : mkdir(paths.v[i], 0755);
-        errs[i] = r < 0 ? errno : 0;
-    }
-    Py_END_ALLOW_THREADS
-    PyObject *out = PyList_New(paths.n);
-    for (Py_ssize_t i = 0; out && i < paths.n; i++) {
-        PyObject *e = PyLong_FromLong(errs[i]);
-        if (!e) {
-            Py_CLEAR(out);
-            break;
-        }
-        PyList_SET_ITEM(out, i, e);
-    }
-    PyMem_Free(errs);
-    strv_free(&paths);
-    return out;
-}
-
-static PyObject *mkdirs(PyObject *self, PyObject *arg) { return each_path(arg, 0); }
-
-static PyObject *rmdirs(PyObject *self, PyObject *arg) { return each_path(arg, 1); }
-
 static PyObject *slots(PyObject *self, PyObject *unused) {
     return Py_BuildValue("(ii)", slot_home, slot_out);
 }
@@ -980,8 +941,6 @@ static PyMethodDef methods[] = {
      "CLONE_INTO_CGROUP, joining every cgroup by writing cgroup.procs (for tests)."},
     {"clone_into_cgroup_usable", clone_into_cgroup_usable, METH_NOARGS,
      "clone_into_cgroup_usable() -> whether starts still try CLONE_INTO_CGROUP (for tests)."},
-    {"mkdirs", mkdirs, METH_O, "mkdirs(paths) -> [errno or 0, ...], without the GIL."},
-    {"rmdirs", rmdirs, METH_O, "rmdirs(paths) -> [errno or 0, ...], without the GIL."},
     {"slots", slots, METH_NOARGS,
      "slots() -> (home, out): the reserved descriptors, or -1s if given up (for tests)."},
     {NULL, NULL, 0, NULL},

@@ -26,10 +26,9 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 
-from .. import _spawn
 from .._fds import above_stdio
 from .._model import Usage
-from . import JobGroup, ResourceControl
+from . import JobGroup, ResourceControl, _dirs
 from ._cgroupfs import (
     JOB_PREFIX,
     new_parent_name,
@@ -207,13 +206,13 @@ class CgroupBase(ResourceControl):
         """mkdir each path: errno or 0 each.  Without the GIL, unless a test replaced the
         seam."""
         if type(self)._mkdir is CgroupBase._mkdir:
-            return _spawn.mkdirs(paths)
+            return _dirs.mkdirs(paths)
         return [_errno_of(self._mkdir, p) for p in paths]
 
     def _rmdirs(self, paths: Sequence[str]) -> list[int]:
         """rmdir each path: errno or 0 each (see ``_mkdirs``)."""
         if type(self)._rmdir is CgroupBase._rmdir:
-            return _spawn.rmdirs(paths)
+            return _dirs.rmdirs(paths)
         return [_errno_of(self._rmdir, p) for p in paths]
 
     def _make_job(self, key: PoolKey, name: str) -> None:
