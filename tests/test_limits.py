@@ -68,10 +68,12 @@ def joining(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each way the child gets into its cgroup2 cgroup: born there (CLONE_INTO_CGROUP),
     or, where the kernel cannot, by writing cgroup.procs like the v1 ones."""
     _spawn.set_without_clone_into_cgroup(request.param != "clone3")
+    _spawn.set_always_clone_into_cgroup(request.param == "clone3")
     try:
         yield request.param
     finally:
         _spawn.set_without_clone_into_cgroup(False)
+        _spawn.set_always_clone_into_cgroup(False)
 
 
 @needs_cgroups

@@ -585,6 +585,16 @@ def cgroup2_dir() -> Iterator[str]:
 
 
 @pytest.fixture
+def always_clone_into_cgroup() -> Iterator[None]:
+    """Every start born in its cgroup2 cgroup, also one that follows another closely."""
+    _spawn.set_always_clone_into_cgroup(True)
+    try:
+        yield
+    finally:
+        _spawn.set_always_clone_into_cgroup(False)
+
+
+@pytest.fixture
 def without_clone_into_cgroup() -> Iterator[None]:
     _spawn.set_without_clone_into_cgroup(True)
     try:
@@ -619,7 +629,9 @@ def spawn_cat_cgroup(log_dir: Path, procs: list[str], cgroup2_dir: str) -> tuple
 
 
 @needs_unified
-def test_the_child_is_born_in_its_cgroup2_cgroup(log_dir: Path, cgroup2_dir: str) -> None:
+def test_the_child_is_born_in_its_cgroup2_cgroup(
+    log_dir: Path, cgroup2_dir: str, always_clone_into_cgroup: None
+) -> None:
     # The child would fail to write the first cgroup.procs (there is no such file) if
     # it joined by writing: it is started inside the cgroup instead.
     assert _spawn.clone_into_cgroup_usable()

@@ -50,6 +50,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef CLONE_PIDFD
@@ -115,10 +116,24 @@ enum {
  * CLONE_PIDFD (which such kernels ignore rather than refuse), or without clone3's
  * CLONE_INTO_CGROUP. */
 static int without_close_range, without_clone_pidfd, without_clone_into_cgroup;
+/* Tests set this to have every start with a cgroup2 cgroup born in it, bursts too. */
+static int always_clone_into_cgroup;
 /* Set once clone3 was refused as unknown (ENOSYS: before 5.3, or a seccomp profile;
  * E2BIG or EINVAL: a kernel before 5.7, which knows no CLONE_INTO_CGROUP; EPERM: a
  * sandbox): from then on every start clones the old way. */
 static int clone3_refused;
+
+/* When the previous start with a cgroup began (CLOCK_MONOTONIC, ns).  A start that
+ * comes within WARM_NS of it joins its cgroup2 cgroup by writing cgroup.procs, like the
+ * v1 ones, instead of being born in it: see clone_into. */
+static int64_t last_cgroup_start_ns;
+#define WARM_NS 5000000LL
+
+static int64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 
 /* Log names tried in order before random ones: {base}_{pid}.log, .1.log ... .9.log. */
 #define LOG_SEQUENTIAL 10
@@ -644,14 +659,31 @@ static long clone3_call(struct clone3_args *args, int (*fn)(void *), void *arg) 
 #define HAVE_CLONE3 0
 #endif
 
-/* Start the child inside the cgroup2 directory cg_dir if this kernel can; returns the
- * pid, or -1 (errno set) where it cannot, and then the caller clones the old way (a
- * refusal particular to this cgroup then shows up as the child's write's error). */
+/* Start the child inside the cgroup2 directory cg_dir if this kernel can, and if
+ * this start comes alone; returns the pid, or -1 (errno set) where it does not, and
+ * then the caller clones the old way (a refusal particular to this cgroup then shows
+ * up as the child's write's error).
+ *
+ * Which way is cheaper depends on what came just before.  A write into cgroup.procs
+ * takes the kernel's write lock for migrations, which waits for an RCU grace period
+ * (milliseconds) unless another migration took it moments before; a start that comes
+ * alone, as most do, would wait that long.  Born in its cgroup, the child takes no such
+ * lock, but the first task of a new cgroup costs the fork a few hundred microseconds
+ * more here (measured: bench/README.md) than a migration while the lock is warm.  So
+ * starts that follow each other closely (a burst: the previous one less than WARM_NS
+ * ago) write, and keep the lock warm for the next; one that comes alone is born in its
+ * cgroup.  A wrong guess costs time, never correctness. */
 static pid_t clone_into(struct plan *p, const char *cg_dir, char *stack) {
 #if HAVE_CLONE3
     if (!cg_dir || without_clone_into_cgroup || without_clone_pidfd ||
         __atomic_load_n(&clone3_refused, __ATOMIC_RELAXED)) {
         errno = EINVAL;
+        return -1;
+    }
+    int64_t now = monotonic_ns();
+    int64_t last = __atomic_exchange_n(&last_cgroup_start_ns, now, __ATOMIC_RELAXED);
+    if (!always_clone_into_cgroup && last && now - last < WARM_NS) {
+        errno = EAGAIN;
         return -1;
     }
     int cg = open(cg_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -921,6 +953,13 @@ static PyObject *set_without_clone_into_cgroup(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *set_always_clone_into_cgroup(PyObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    always_clone_into_cgroup = on;
+    Py_RETURN_NONE;
+}
+
 static PyObject *clone_into_cgroup_usable(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(HAVE_CLONE3 && !without_clone_into_cgroup &&
                            !__atomic_load_n(&clone3_refused, __ATOMIC_RELAXED));
@@ -939,6 +978,9 @@ static PyMethodDef methods[] = {
     {"set_without_clone_into_cgroup", set_without_clone_into_cgroup, METH_O,
      "set_without_clone_into_cgroup(on): start as on kernels without clone3's\n"
      "CLONE_INTO_CGROUP, joining every cgroup by writing cgroup.procs (for tests)."},
+    {"set_always_clone_into_cgroup", set_always_clone_into_cgroup, METH_O,
+     "set_always_clone_into_cgroup(on): start every child with a cgroup2 cgroup inside it,\n"
+     "those of a burst of starts too (for tests)."},
     {"clone_into_cgroup_usable", clone_into_cgroup_usable, METH_NOARGS,
      "clone_into_cgroup_usable() -> whether starts still try CLONE_INTO_CGROUP (for tests)."},
     {"slots", slots, METH_NOARGS,
