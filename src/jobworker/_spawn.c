@@ -17,7 +17,8 @@
  * The child, in order: creates the log (O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600,
  * relative to the log directory's fd), takes a private copy of the descriptor table
  * with everything above stderr close-on-exec, leaves the worker's session (setsid),
- * joins each cgroup by writing "0" (itself) into its cgroup.procs, points stdin at
+ * joins each cgroup by writing "0" (itself) into its cgroup.procs (but the cgroup2 one
+ * it may have been born in: see clone_into), points stdin at
  * /dev/null and stdout and stderr at the capture pipe, drops to the job's user if one
  * is given (supplementary groups, group, user: in that order, as only root may set the
  * first two), changes directory (with the job's own permissions), restores the fd limit
