@@ -16,8 +16,8 @@ is no unified hierarchy, and the freezer only when the unified hierarchy cannot 
 Without a unified hierarchy memory is always joined too, as the one hierarchy every
 such machine has to hold a job's processes.  So with a unified hierarchy, a job without
 a memory limit has no peak memory or OOM count in its usage (None): a memory cgroup
-cost every start a v1 migration and the worker a memcg made and removed, about a fifth
-of the start rate (see docs/DESIGN.md).
+cost every start a v1 migration and the worker a memcg made and removed (see
+docs/DESIGN.md).
 
 What v2 shares with this (files, names, killing, limit checks, base classes) lives in
 ``_cgroupfs``, ``_kill``, ``_limits`` and ``_base``.
