@@ -7,15 +7,18 @@ worker first (kill its jobs, wait for them to die, remove its cgroups: milliseco
 seconds).  None of it needs a caller, so one thread per control does it:
 
 1. cleans up the parents of dead workers (``CgroupBase.clean_stale``), holding no lock
-   a start needs (this worker's own parents are made before the thread starts, by
-   ``CgroupBase.start_housekeeping`` in the Worker's constructor);
+   a start needs, ``CLEANUP_DELAY`` after the worker was made (its first starts come
+   first; this worker's own parents and a first pool are made before the thread starts,
+   by ``CgroupBase.start_housekeeping`` in the Worker's constructor);
 2. keeps a small pool of ready job cgroups for each set of hierarchies a job asked for
    (``CgroupBase.fill_pool_once``), so that ``create`` only takes one;
 3. removes the cgroups of ended jobs (``CgroupJobGroup.release`` queues them), so the
    reactor thread only queues.
 
-Removals come before refills: they free what refills make.  ``stop`` (from the
-control's ``close``) finishes every queued removal before it returns.
+Pools are refilled and removals done in batches, each one system call after another
+with the GIL released once (``_dirs``).  Removals come before refills: they free what
+refills make.  ``stop`` (from the control's ``close``) finishes the cleanup under way
+and every queued removal before it returns.
 """
 
 from __future__ import annotations
