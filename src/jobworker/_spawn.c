@@ -688,6 +688,7 @@ static pid_t clone_into(struct plan *p, const char *cg_dir, char *stack) {
         return -1;
     }
     int cg = open(cg_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (cg >= 0) cg = above_stdio(cg); /* another thread may be printing meanwhile */
     if (cg < 0) return -1;
     struct clone3_args args = {
         .flags = CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | CLONE_INTO_CGROUP,

@@ -264,8 +264,9 @@ class CgroupBase(ResourceControl):
         except OSError as e:
             if e.errno not in (errno.ENOTEMPTY, errno.EBUSY):
                 raise
-        for dirpath, _, _ in os.walk(path, topdown=False):
-            rmdir_retry(self._rmdir, dirpath)
+        for child in subdirs(path):  # deepest first
+            self.rmdir_tree(child)
+        rmdir_retry(self._rmdir, path)
 
     def clean_stale(self, base: str) -> None:
         """Kill and remove ``jobworker-*`` siblings in ``base`` whose worker is gone.
@@ -275,7 +276,7 @@ class CgroupBase(ResourceControl):
         alive).
         """
         try:
-            names = os.listdir(base)
+            names = [os.path.basename(d) for d in subdirs(base)]
         except OSError:
             return
         for name in names:

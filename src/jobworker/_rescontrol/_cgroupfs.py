@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._fds import above_stdio
+from . import _dirs
 
 __all__ = [
     "JOB_PREFIX",
@@ -128,9 +129,11 @@ def populated_from_events(events_file: str) -> bool:
 
 
 def subdirs(path: str) -> list[str]:
+    """The subdirectories of ``path`` (none if it is gone), listed through an fd above
+    stderr (``_dirs.subdirs``): the background thread lists while a host that closed its
+    stdio runs its own code."""
     try:
-        with os.scandir(path) as it:
-            return [e.path for e in it if e.is_dir(follow_symlinks=False)]
+        return [os.path.join(path, name) for name in _dirs.subdirs(path)]
     except FileNotFoundError:
         return []
 
