@@ -3,47 +3,50 @@
 The public surface is what ``__all__`` lists; every module with a leading underscore is
 private.
 
-The values and the exceptions are imported with the package; the machinery (the worker,
-its readers, resource control) on first use.  So a program that needs only the types —
-the CLI answering ``--help``, a client of the service — does not pay for the worker's
-imports (asyncio among them), a large part of a command's start-up time.
+Every name is imported on first use, from the private module that is its home
+(``_HOMES``).  So a program that needs only the types (the CLI answering ``--help``, a
+client of the service) does not pay for the worker's imports (asyncio among them), a
+large part of a command's start-up time; and ``import jobworker`` itself runs almost no
+code, which keeps short the moment, as the ``jobworker`` command starts, when a Ctrl-C
+would interrupt an import instead of reaching the command.
 """
 
-from typing import TYPE_CHECKING
-
-from ._errors import (
-    CommandNotFound,
-    InvalidArgument,
-    InvalidCommand,
-    JobNotFound,
-    JobNotRunning,
-    JobworkerError,
-    LimitError,
-    LogUnavailable,
-    PermissionDenied,
-    QuotaExceeded,
-    ServiceError,
-    ServiceUnavailable,
-    StartError,
-    Unauthenticated,
-    WorkerClosed,
-)
-from ._model import (
-    Command,
-    JobInfo,
-    Limits,
-    LogLoss,
-    LossCause,
-    RunAs,
-    State,
-    Status,
-    StopType,
-    Usage,
-)
+# Not imported from typing, whose import alone costs more than the rest of this module;
+# type checkers treat any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from ._aio import AsyncWorker
+    from ._errors import (
+        CommandNotFound,
+        InvalidArgument,
+        InvalidCommand,
+        JobNotFound,
+        JobNotRunning,
+        JobworkerError,
+        LimitError,
+        LogUnavailable,
+        PermissionDenied,
+        QuotaExceeded,
+        ServiceError,
+        ServiceUnavailable,
+        StartError,
+        Unauthenticated,
+        WorkerClosed,
+    )
     from ._follow import AsyncLogReader, LogReader
+    from ._model import (
+        Command,
+        JobInfo,
+        Limits,
+        LogLoss,
+        LossCause,
+        RunAs,
+        State,
+        Status,
+        StopType,
+        Usage,
+    )
     from ._rescontrol import JobGroup, ResourceControl, detect
     from ._rescontrol._none import NoCgroups
     from ._worker import Worker
@@ -84,17 +87,44 @@ __all__ = [
     "detect",
 ]
 
-# Where each name imported on first use lives.
-_LAZY = {
-    "AsyncLogReader": "._follow",
-    "AsyncWorker": "._aio",
-    "JobGroup": "._rescontrol",
-    "LogReader": "._follow",
-    "NoCgroups": "._rescontrol._none",
-    "ResourceControl": "._rescontrol",
-    "Worker": "._worker",
-    "detect": "._rescontrol",
+# Where each name lives; it is imported on first use.
+_HOMES = {
+    "._errors": (
+        "CommandNotFound",
+        "InvalidArgument",
+        "InvalidCommand",
+        "JobNotFound",
+        "JobNotRunning",
+        "JobworkerError",
+        "LimitError",
+        "LogUnavailable",
+        "PermissionDenied",
+        "QuotaExceeded",
+        "ServiceError",
+        "ServiceUnavailable",
+        "StartError",
+        "Unauthenticated",
+        "WorkerClosed",
+    ),
+    "._model": (
+        "Command",
+        "JobInfo",
+        "Limits",
+        "LogLoss",
+        "LossCause",
+        "RunAs",
+        "State",
+        "Status",
+        "StopType",
+        "Usage",
+    ),
+    "._aio": ("AsyncWorker",),
+    "._follow": ("AsyncLogReader", "LogReader"),
+    "._rescontrol": ("JobGroup", "ResourceControl", "detect"),
+    "._rescontrol._none": ("NoCgroups",),
+    "._worker": ("Worker",),
 }
+_LAZY = {name: module for module, names in _HOMES.items() for name in names}
 
 
 # Hidden from type checkers: they see the imports above, and a module-level __getattr__
