@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,27 @@ def worker(log_dir: Path, control: ResourceControl) -> Iterator[Worker]:
     yield w
     w.close()
     # Nothing a worker made may outlive it: no process, fd or thread.
+    assert live_children() == []
+    assert open_fds() == fds_before
+    assert threading.active_count() == threads_before
+
+
+@pytest.fixture
+def make_worker(log_dir: Path, control: ResourceControl) -> Iterator[Callable[..., Worker]]:
+    """``make_worker(**kwargs)``: a ``Worker(log_dir, ...)`` with this test's resource
+    control, closed and checked for leftovers as ``worker`` is."""
+    fds_before = open_fds()
+    threads_before = threading.active_count()
+    made: list[Worker] = []
+
+    def make(**kwargs: Any) -> Worker:
+        w = Worker(kwargs.pop("log_dir", log_dir), resource_control=control, grace=5, **kwargs)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
     assert live_children() == []
     assert open_fds() == fds_before
     assert threading.active_count() == threads_before

@@ -21,6 +21,7 @@ from jobworker import (
     LogUnavailable,
     LossCause,
     ResourceControl,
+    Retention,
     Status,
     Worker,
 )
@@ -60,9 +61,11 @@ async def read_until_unavailable_async(read: Callable[[int], Awaitable[bytes]]) 
 def test_full_disk_cuts_the_log_visibly_and_never_blocks_the_job(
     tmp_path: Path, owner: uuid.UUID, control: ResourceControl
 ) -> None:
+    # Without retention, whose budget would remove the ended log at once (see
+    # test_retention for the disk filling with retention on).
     with (
         small_tmpfs(tmp_path / "small", "size=1m") as small,
-        Worker(small, resource_control=control) as w,
+        Worker(small, resource_control=control, retention=Retention.keep_all()) as w,
     ):
         # 4 MiB into a 1 MiB filesystem: the job must still run to its end.
         code = "import os\nfor _ in range(64): os.write(1, b'x' * 65536)\nprint('done')"

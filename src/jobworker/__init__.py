@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     )
     from ._rescontrol import JobGroup, ResourceControl, detect
     from ._rescontrol._none import NoCgroups
+    from ._retention import PurgedLog, PurgeResult, Retention
     from ._worker import Worker
 
 __all__ = [
@@ -71,8 +72,11 @@ __all__ = [
     "LossCause",
     "NoCgroups",
     "PermissionDenied",
+    "PurgeResult",
+    "PurgedLog",
     "QuotaExceeded",
     "ResourceControl",
+    "Retention",
     "RunAs",
     "ServiceError",
     "ServiceUnavailable",
@@ -122,6 +126,7 @@ _HOMES = {
     "._follow": ("AsyncLogReader", "LogReader"),
     "._rescontrol": ("JobGroup", "ResourceControl", "detect"),
     "._rescontrol._none": ("NoCgroups",),
+    "._retention": ("PurgeResult", "PurgedLog", "Retention"),
     "._worker": ("Worker",),
 }
 _LAZY = {name: module for module, names in _HOMES.items() for name in names}

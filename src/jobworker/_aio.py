@@ -17,10 +17,11 @@ import contextlib
 import functools
 import uuid
 
-from ._errors import JobNotRunning
+from ._errors import JobNotRunning, WorkerClosed
 from ._follow import AsyncLogReader, resolve_soon
 from ._job import Job
 from ._model import Command, JobInfo, Limits, RunAs
+from ._retention import PurgeResult
 from ._worker import Worker
 
 __all__ = ["AsyncWorker"]
@@ -102,6 +103,27 @@ class AsyncWorker:
         """An async reader of the job's output from byte ``offset`` (call from a running
         event loop)."""
         return AsyncLogReader(self.worker.jobs.get(job_id, owner_id), offset)
+
+    async def purge(self) -> PurgeResult:
+        """As ``Worker.purge``: apply the retention policy now; the logs are removed off
+        this event loop."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[PurgeResult | None] = loop.create_future()
+
+        def done(result: PurgeResult | None) -> None:  # on one of the worker's threads
+            def resolve() -> None:
+                if not finished.done():
+                    finished.set_result(result)
+
+            with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+                loop.call_soon_threadsafe(resolve)
+
+        self.worker.jobs.check_open()
+        self.worker.purger.request(done)
+        result = await finished
+        if result is None:
+            raise WorkerClosed("the worker is closed")
+        return result
 
     async def close(self) -> None:
         await asyncio.to_thread(self.worker.close)

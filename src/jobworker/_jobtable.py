@@ -7,8 +7,12 @@ jobs only.  So no operation can tell another owner's job from a job that does no
 
 The table also says whether the worker is open: once ``close`` has begun, every lookup
 raises ``WorkerClosed``, and ``close`` waits for the starts already under way to add
-their jobs, so that none is left behind running.  ``forget`` drops an ended job (log
-retention); a forgotten job answers like one that never existed.
+their jobs, so that none is left behind running.  ``forget`` drops an ended job
+(retention, ``_retention``); a forgotten job answers like one that never existed: the
+same ``JobNotFound``, with the same message, as an id never seen.  (A distinct "expired"
+answer was considered: it would tell anyone holding an id that the id was real, and
+whoever asks for another owner's job must get no such hint, so it would have to say
+"unknown" there anyway.)
 """
 
 from __future__ import annotations
@@ -83,6 +87,11 @@ class JobTable:
         """Drop a job (the caller forgets only jobs that have ended)."""
         with self._lock:
             self._jobs.pop(job_id, None)
+
+    def check_open(self) -> None:
+        """``WorkerClosed`` once ``close`` has begun."""
+        with self._lock:
+            self._check_open()
 
     def close(self) -> list[Job]:
         """Refuse every lookup and start from now on; wait for the starts under way;

@@ -30,7 +30,16 @@ the worker's own offset instead would have left a hole of NULs where the cut byt
 indistinguishable from output.  A log that refuses a write (a full disk) or was found cut
 takes no more bytes: it holds a prefix of the job's output (``held``) and the rest is
 counted as ``lost``, which ``JobInfo.log_loss`` reports and every reader reaching the end
-of the prefix gets as ``LogUnavailable``.  The job itself never waits on its log.
+of the prefix gets as ``LogUnavailable``.  The job itself never waits on its log.  A log
+that reaches the store's cap (``max_log_size``, retention) is cut the same way: it keeps
+the head of the output, at its own offsets, and counts the rest.
+
+**What the logs take.**  The store keeps ``total``, the space this worker's logs take:
+for a running log the bytes it holds (the writer adds them as it writes, with no system
+call), for an ended one its size rounded up to the file system's block (a 10-byte log
+takes a block).  Retention (``_retention``) watches it: ``watch`` names a size past
+which the writer calls back, at once, so that a disk budget is kept as logs grow, not
+only when a timer comes round.  Only the reactor thread changes ``total``.
 
 Between a write that landed at the wrong offset and the writer's look at where it
 landed, a reader could ``pread`` those bytes.  So the writer numbers its writes, and a
@@ -56,6 +65,7 @@ import stat
 import struct
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from ._errors import LogUnavailable, StartError, WorkerClosed
@@ -83,12 +93,49 @@ def log_base(command_name: str) -> str:
 class LogStore:
     """The directory that holds a worker's logs, reached only through one descriptor."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, max_log_size: int | None = None
+    ) -> None:
         self.path = Path(directory).absolute()
         self.dir_fd = above_stdio(os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         # Taken around every use of dir_fd by another thread than the one that closes
         # it, so that its number is never used once closed (perhaps someone else's).
         self._lock = threading.Lock()
+        try:
+            fs = os.fstatvfs(self.dir_fd)
+        except OSError:
+            os.close(self.dir_fd)
+            raise
+        self.block = fs.f_frsize or fs.f_bsize or 4096
+        self.capacity = fs.f_blocks * self.block
+        """The size of the file system that holds the directory, in bytes."""
+        self.max_log_size = max_log_size
+        """The most a log holds (its head); None: no cap."""
+        self.total = 0
+        self._watermark: int | None = None
+        self._over: Callable[[], None] | None = None
+
+    def watch(self, size: int | None, over: Callable[[], None]) -> None:
+        """Call ``over`` (on the reactor thread) whenever a write leaves ``total`` above
+        ``size``; None: never."""
+        self._watermark, self._over = size, over
+
+    def on_disk(self, size: int) -> int:
+        """The space a file of ``size`` bytes takes: whole blocks."""
+        return -(-size // self.block) * self.block
+
+    def account(self, logfile: LogFile, charge: int) -> None:
+        """``logfile`` now takes ``charge`` bytes (reactor thread)."""
+        self.total += charge - logfile.charged
+        logfile.charged = charge
+        if self._watermark is not None and self.total > self._watermark:
+            assert self._over is not None
+            self._over()
+
+    def release(self, logfile: LogFile) -> None:
+        """``logfile`` is on its way out: it no longer counts (reactor thread)."""
+        self.total -= logfile.charged
+        logfile.charged = 0
 
     def base_name(self, command_name: str) -> str:
         """What the job's child names its log after (``{base}_{pid}.log``)."""
@@ -136,23 +183,46 @@ class LogStore:
         """Close ``logfile`` and remove it, if the file under its name is still the one
         its job's child created; anything else there is left alone."""
         logfile.close()
+        if logfile.charged:  # (a start that failed after output came: rare)
+            self.release(logfile)
+        self._unlink(logfile)
+
+    def remove(self, logfile: LogFile) -> int | None:
+        """Remove the log of an ended job (retention: ``release`` it first), if the file
+        under its name is still the one its job's child created; return its size, or None
+        if something else is there now (left alone) or nothing is.
+
+        Readers that have it open read on to its end: the open descriptor keeps the data
+        until the last one is closed.  Not on the reactor thread: unlinking a large file
+        frees its blocks there and then, which takes milliseconds.
+        """
+        return self._unlink(logfile)
+
+    def _unlink(self, logfile: LogFile) -> int | None:
         with self._lock:
             try:
-                fd = self._open(logfile)
+                fd = self._open(logfile, removing=True)
             except (LogUnavailable, WorkerClosed):
-                return
+                return None
             try:
+                size = os.fstat(fd).st_size
                 # (A file swapped in between the check and the unlink would need write
                 # access to the directory: the worker's own, or the owner's under /tmp's
                 # sticky bit.)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(logfile.name, dir_fd=self.dir_fd)
+                os.unlink(logfile.name, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                return None
             finally:
                 os.close(fd)
+        return size
 
-    def _open(self, logfile: LogFile) -> int:
+    def _open(self, logfile: LogFile, removing: bool = False) -> int:
         if self.dir_fd < 0:
             raise WorkerClosed("the worker is closed")
+        if logfile.removed is not None and not removing:
+            # Whatever is under its name now (perhaps still the log, for a moment) is
+            # not for new readers: the log is on its way out.
+            raise logfile.unavailable(f"it was removed ({logfile.removed})")
         try:
             # O_NONBLOCK: a FIFO or a device planted under the name must not hang the
             # caller (an event loop, perhaps) in open(); what it is, is checked next.
@@ -203,7 +273,9 @@ class LogFile:
     Written by the writer (the reactor thread) only: ``held``, the bytes of the job's
     output the file holds at their own offsets, ``lost``, those it does not, ``cut`` once
     the log takes no more, and ``begun`` / ``checked``, the writes begun and those whose
-    landing was checked.  Written by readers only: ``short``.
+    landing was checked; ``charged``, what it counts for in the store's ``total``, and
+    ``removed``, why retention removes it, once it does.  Written by readers only:
+    ``short``.
     """
 
     def __init__(
@@ -225,6 +297,8 @@ class LogFile:
         self.begun = 0
         self.checked = 0
         self.short: int | None = None  # a size a reader found the file at, below held
+        self.charged = 0
+        self.removed: str | None = None
         self._noting = threading.Lock()  # (among readers)
         self._store = store
 
@@ -239,6 +313,12 @@ class LogFile:
             self.lost += len(data)
             return False
         fd, held = self.fd, self.held
+        # Past the cap, only the head is kept: the bytes the log holds stay at their own
+        # offsets, which a tail could not (see docs/DESIGN.md, "Retention").
+        cap = self._store.max_log_size
+        over = 0 if cap is None else max(0, held + len(data) - cap)
+        if over:
+            data = data[: len(data) - over]
         self.begun += 1
         try:
             while data:
@@ -253,7 +333,7 @@ class LogFile:
                     why = _CUT_BY_OTHERS if start < held else _GROWN_BY_OTHERS
                     self._cut(LossCause.TRUNCATED, why, min(start, held))
                     self.lost += len(data)
-                    return True
+                    break
                 self.held = held = end
                 data = data[wrote:]
         except OSError as e:
@@ -261,6 +341,11 @@ class LogFile:
             self.lost += len(data)
         finally:
             self.checked = self.begun
+        if over:
+            if self.cut is None:
+                self._cut(LossCause.CAPPED, f"the log reached its cap of {cap} bytes", held)
+            self.lost += over
+        self._store.account(self, self.held)
         return True
 
     def finish(self) -> None:
@@ -274,6 +359,7 @@ class LogFile:
             elif size < self.held:  # cut before, and shortened since
                 self.lost += self.held - size
                 self.held = size
+            self._store.account(self, self._store.on_disk(size))
         self.close()
 
     def close(self) -> None:

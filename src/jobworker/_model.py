@@ -253,6 +253,7 @@ class LossCause(enum.Enum):
 
     WRITE_FAILED = "write_failed"  # the log refused a write: disk full, quota, I/O error
     TRUNCATED = "truncated"  # someone else cut the file short (copytruncate) or wrote into it
+    CAPPED = "capped"  # the log reached its size cap (retention): it keeps the head
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from ._capture import OutputPipe
-from ._errors import InvalidCommand, JobNotRunning, LimitError, StartError
+from ._errors import (
+    InvalidArgument,
+    InvalidCommand,
+    JobNotRunning,
+    LimitError,
+    StartError,
+    WorkerClosed,
+)
 from ._follow import LogReader
 from ._job import Job, check_grace
 from ._jobtable import JobTable, check_id
@@ -27,6 +34,7 @@ from ._orphans import Orphans
 from ._process import Process, encode_env, prepare
 from ._reactor import Reactor
 from ._rescontrol import ResourceControl, detect
+from ._retention import Purger, PurgeResult, Retention
 
 __all__ = ["DEFAULT_GRACE", "Worker"]
 
@@ -70,6 +78,8 @@ class Worker:
     are limited and contained; by default the best this machine offers (``detect()``).
     ``grace`` is the default time ``stop`` gives a job between SIGTERM and SIGKILL.
     ``env`` is the environment jobs inherit (default: this process's, as it is now).
+    ``retention`` says how long logs and ended jobs are kept, and how large a log grows
+    (see ``Retention``: by default a day, a tenth of the disk, 1 GiB a log).
     """
 
     def __init__(
@@ -79,8 +89,13 @@ class Worker:
         resource_control: ResourceControl | None = None,
         grace: float = DEFAULT_GRACE,
         env: Mapping[str, str] | None = None,
+        retention: Retention = Retention(),  # noqa: B008 (immutable)
     ) -> None:
         self.grace = check_grace(grace)
+        if not isinstance(retention, Retention):
+            raise InvalidArgument(
+                f"retention must be a jobworker.Retention, not {type(retention).__name__}"
+            )
         self._env = dict(os.environ if env is None else env)
         self._envp = encode_env(self._env)  # raises ValueError on a bad name or a NUL
         self.jobs = JobTable()
@@ -89,13 +104,16 @@ class Worker:
         self._closing = threading.Lock()
         self._closed = False
         self._job_nofile = _raise_fd_limit()
-        self._logs = LogStore(log_dir)
+        self._logs = LogStore(log_dir, max_log_size=retention.max_log_size)
         self.log_dir = self._logs.path
         try:
             self.resource_control = resource_control if resource_control is not None else detect()
             try:
                 self._reactor = Reactor()
                 self._orphans = Orphans(self._reactor)
+                self.purger = Purger(retention, self._logs, self.jobs, self._reactor)
+                """Retention over this worker's logs and jobs (both faces ask it to purge)."""
+                self.purger.start()
             except BaseException:
                 if resource_control is None:
                     self.resource_control.close()
@@ -144,6 +162,9 @@ class Worker:
         paths, argv, envp = prepare(command, self._env, self._envp)
         with self.jobs.starting():  # close() waits for this start to add its job
             job_id, job = self._start(command, owner_id, limits, run_as, paths, argv, envp)
+            # Before attach: until then the job cannot end, so its end reaches retention
+            # on the reactor thread, in the order jobs end.
+            job.when_ended(lambda: self.purger.ended(job))
             try:
                 job.attach()
             except OSError as e:
@@ -248,6 +269,30 @@ class Worker:
     def list(self, owner_id: uuid.UUID) -> list[JobInfo]:
         return [j.info() for j in self.jobs.owned_by(owner_id)]
 
+    # -- retention -------------------------------------------------------------------------
+
+    @property
+    def retention(self) -> Retention:
+        return self.purger.retention
+
+    def purge(self) -> PurgeResult:
+        """Apply the retention policy now, as its timer would; return what was removed
+        and forgotten, once the logs are gone.  It covers every owner's jobs, so a
+        service offers it to admins only.  Raises ``WorkerClosed`` once closed."""
+        done = threading.Event()
+        result: list[PurgeResult | None] = []
+
+        def finished(r: PurgeResult | None) -> None:
+            result.append(r)
+            done.set()
+
+        self.jobs.check_open()
+        self.purger.request(finished)
+        done.wait()
+        if result[0] is None:
+            raise WorkerClosed("the worker is closed")
+        return result[0]
+
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -267,6 +312,7 @@ class Worker:
                 job.ended.wait()
             try:
                 self._reactor.close()
+                self.purger.close()
                 self._orphans.close()
                 self.resource_control.close()
             finally:
