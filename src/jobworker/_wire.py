@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._errors import InvalidArgument
 from ._model import Command, JobInfo, Limits, RunAs, State, Status, StopType, Usage
+from ._retention import PurgedLog, PurgeResult, Why
 from .v1 import jobworker_pb2 as pb
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "limits_from_pb",
     "limits_to_pb",
     "parse_address",
+    "purge_from_pb",
+    "purge_to_pb",
 ]
 
 # The most output one StreamOutputResponse carries.
@@ -44,6 +47,11 @@ _STATES = {
 _STATES_BACK = {v: k for k, v in _STATES.items()}
 _STOP_TYPES = {StopType.TERM: pb.STOP_TYPE_TERM, StopType.KILL: pb.STOP_TYPE_KILL}
 _STOP_TYPES_BACK = {v: k for k, v in _STOP_TYPES.items()}
+_PURGE_REASONS: dict[Why, pb.PurgeReason] = {
+    "age": pb.PURGE_REASON_AGE,
+    "budget": pb.PURGE_REASON_BUDGET,
+}
+_PURGE_REASONS_BACK = {v: k for k, v in _PURGE_REASONS.items()}
 
 
 def parse_address(address: str) -> tuple[str, int] | str:
@@ -209,4 +217,36 @@ def info_from_pb(message: pb.JobInfo) -> JobInfo:
         run_as=RunAs(message.run_as.uid, message.run_as.gid, tuple(message.run_as.groups))
         if message.HasField("run_as")
         else None,
+    )
+
+
+def purge_to_pb(result: PurgeResult) -> pb.PurgeResponse:
+    return pb.PurgeResponse(
+        removed=[
+            pb.PurgedLog(
+                job_id=str(p.job_id),
+                path=str(p.path),
+                size_bytes=p.size,
+                reason=_PURGE_REASONS[p.reason],
+            )
+            for p in result.removed
+        ],
+        freed_bytes=result.freed,
+        forgotten=[str(j) for j in result.forgotten],
+    )
+
+
+def purge_from_pb(message: pb.PurgeResponse) -> PurgeResult:
+    return PurgeResult(
+        removed=tuple(
+            PurgedLog(
+                uuid.UUID(p.job_id),
+                Path(p.path),
+                p.size_bytes,
+                _PURGE_REASONS_BACK.get(p.reason, "age"),
+            )
+            for p in message.removed
+        ),
+        freed=message.freed_bytes,
+        forgotten=tuple(uuid.UUID(j) for j in message.forgotten),
     )

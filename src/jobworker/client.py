@@ -34,6 +34,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from . import _codes, _wire
 from ._errors import ServiceError, ServiceUnavailable, Unauthenticated
 from ._model import Command, JobInfo, Limits
+from ._retention import PurgeResult
 from .v1 import jobworker_grpc
 from .v1 import jobworker_pb2 as pb
 
@@ -152,6 +153,12 @@ class Client:
         request = pb.WaitRequest(job_id=str(job_id))
         reply = await self._unary(self._stub().Wait, request, job_id, timeout=timeout)
         return _wire.info_from_pb(reply.info)
+
+    async def purge(self) -> PurgeResult:
+        """Apply the server's retention policy now; what it removed and forgot (admins
+        only: ``PermissionDenied`` otherwise)."""
+        reply = await self._unary(self._stub().Purge, pb.PurgeRequest(), timeout=self.timeout)
+        return _wire.purge_from_pb(reply)
 
     async def stream(
         self, job_id: uuid.UUID, offset: int = 0, *, follow: bool = True

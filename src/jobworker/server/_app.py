@@ -119,6 +119,15 @@ def _tls(config: ServerConfig) -> ssl.SSLContext:
         raise ConfigError(f"cannot load the TLS certificates: {e.strerror or e}") from None
 
 
+def _index_forget_after(config: ServerConfig) -> float | None:
+    # The worker forgets a job at the first purge from forget_after on: within one
+    # interval of its timer.
+    retention = config.retention
+    if retention.forget_after is None:
+        return None
+    return retention.forget_after + retention.interval
+
+
 def _address(sock: socket.socket) -> str:
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
@@ -155,7 +164,9 @@ async def serve(
             listeners.append(_tcp_listener(config.listen))
         # Creating the worker may clean up a dead worker's cgroups: off the loop.
         worker = AsyncWorker(
-            await asyncio.to_thread(Worker, log_dir, grace=config.grace, env=MINIMAL_ENV)
+            await asyncio.to_thread(
+                Worker, log_dir, grace=config.grace, env=MINIMAL_ENV, retention=config.retention
+            )
         )
     except BaseException:
         for sock in listeners:
@@ -169,7 +180,7 @@ async def serve(
         service = JobWorkerService(
             worker,
             Identify(config.admins),
-            Jobs(config.max_running_jobs),
+            Jobs(config.max_running_jobs, _index_forget_after(config)),
             accounts,
             default_limits=config.default_limits,
         )

@@ -15,12 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobworker import JobworkerError, Limits
+from jobworker import InvalidArgument, JobworkerError, Limits, Retention
 
 from .. import _wire
 from ._paths import default_log_dir, default_socket_path, default_state_dir
 
-__all__ = ["ConfigError", "OwnerConfig", "ServerConfig", "load_config", "parse_address"]
+__all__ = [
+    "ConfigError",
+    "OwnerConfig",
+    "ServerConfig",
+    "load_config",
+    "parse_address",
+    "retention_from_mapping",
+]
 
 
 class ConfigError(JobworkerError, ValueError):
@@ -65,6 +72,9 @@ class ServerConfig:
     # A server that is not root cannot give TCP owners users of their own: it refuses to
     # serve TCP unless this says their jobs may run as the server's own user.
     allow_shared_user: bool = False
+    # How long logs and ended jobs are kept, and how large a log grows (the library's
+    # defaults: a day, a tenth of the disk up to 4 GiB, 1 GiB a log).
+    retention: Retention = field(default_factory=Retention)
 
     def __post_init__(self) -> None:
         for name in ("socket", "tls_cert", "tls_key", "client_ca", "state_dir", "log_dir"):
@@ -95,6 +105,8 @@ class ServerConfig:
             )
         if not isinstance(self.grace, int | float) or not (0 <= self.grace < math.inf):
             raise ConfigError(f"grace must be a finite number of seconds >= 0, not {self.grace!r}")
+        if not isinstance(self.retention, Retention):
+            raise ConfigError(f"retention must be a jobworker.Retention, not {self.retention!r}")
         if not all(isinstance(a, str) and a for a in self.admins):
             raise ConfigError(f"admins must be a list of names, not {self.admins!r}")
         low, high = self.dynamic_uids
@@ -142,6 +154,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 _LIMIT_KEYS = {"cpu", "memory", "io_read_bps", "io_write_bps", "io_path", "pids"}
+_RETENTION_KEYS = {"max_age", "max_total", "max_log_size", "forget_after", "interval"}
 _OWNER_KEYS = {"uid", "gid", "groups", "run_as"}
 
 
@@ -173,6 +186,8 @@ def config_from_mapping(data: Mapping[str, Any], base: Path = Path()) -> ServerC
             limits = _table(value, key)
             _unknown(set(limits), _LIMIT_KEYS, key)
             kwargs[key] = Limits(**limits)
+        elif key == "retention":
+            kwargs[key] = retention_from_mapping(_table(value, key))
         elif key == "owners":
             owners = {}
             for name, spec in _table(value, key).items():
@@ -187,6 +202,19 @@ def config_from_mapping(data: Mapping[str, Any], base: Path = Path()) -> ServerC
     try:
         return ServerConfig(**kwargs)
     except TypeError as e:
+        raise ConfigError(str(e)) from None
+
+
+def retention_from_mapping(table: Mapping[str, Any]) -> Retention:
+    """A ``Retention`` from the ``[retention]`` table: seconds and bytes as numbers,
+    ``"none"`` for a rule turned off, ``max_total = "auto"``."""
+    _unknown(set(table), _RETENTION_KEYS, "retention")
+    values: dict[str, Any] = {k: None if v == "none" else v for k, v in table.items()}
+    if values.get("interval", 0) is None:
+        raise ConfigError('retention.interval cannot be "none"')
+    try:
+        return Retention(**values)
+    except InvalidArgument as e:
         raise ConfigError(str(e)) from None
 
 

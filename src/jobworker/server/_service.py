@@ -175,6 +175,9 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
     ) -> None:
         await self._rpc(stream, "StreamOutput", pb.StreamOutputRequest, self._stream_output)
 
+    async def Purge(self, stream: Stream[pb.PurgeRequest, pb.PurgeResponse]) -> None:
+        await self._rpc(stream, "Purge", pb.PurgeRequest, self._purge)
+
     async def _start(
         self, call: _Call, request: pb.StartRequest, stream: Stream[Any, pb.StartResponse]
     ) -> None:
@@ -252,6 +255,17 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
                 await stream.send_message(pb.StreamOutputResponse(offset=offset, data=data))
                 offset += len(data)
 
+    async def _purge(
+        self, call: _Call, request: pb.PurgeRequest, stream: Stream[Any, pb.PurgeResponse]
+    ) -> None:
+        assert call.caller is not None
+        # It removes every owner's logs and forgets every owner's jobs.
+        if not call.caller.admin:
+            raise PermissionDenied("only admins may purge")
+        result = await self._worker.purge()
+        self._jobs.forget(result.forgotten)
+        await stream.send_message(_wire.purge_to_pb(result))
+
     # -- shared --------------------------------------------------------------------------
 
     def _owner_for(self, call: _Call, job: uuid.UUID) -> uuid.UUID:
@@ -287,6 +301,8 @@ class JobWorkerService(jobworker_grpc.JobWorkerBase):
     async def _watch(self, job: uuid.UUID, owner: uuid.UUID) -> None:
         try:
             await self._worker.wait(job, owner)
+        except JobNotFound:
+            pass  # ended, and already forgotten (retention) before this task began
         finally:
             self._jobs.ended(job)
 

@@ -41,6 +41,10 @@ class JobWorkerBase(abc.ABC):
     async def StreamOutput(self, stream: 'grpclib.server.Stream[jobworker.v1.jobworker_pb2.StreamOutputRequest, jobworker.v1.jobworker_pb2.StreamOutputResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def Purge(self, stream: 'grpclib.server.Stream[jobworker.v1.jobworker_pb2.PurgeRequest, jobworker.v1.jobworker_pb2.PurgeResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/jobworker.v1.JobWorker/Start': grpclib.const.Handler(
@@ -78,6 +82,12 @@ class JobWorkerBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 jobworker.v1.jobworker_pb2.StreamOutputRequest,
                 jobworker.v1.jobworker_pb2.StreamOutputResponse,
+            ),
+            '/jobworker.v1.JobWorker/Purge': grpclib.const.Handler(
+                self.Purge,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                jobworker.v1.jobworker_pb2.PurgeRequest,
+                jobworker.v1.jobworker_pb2.PurgeResponse,
             ),
         }
 
@@ -120,4 +130,10 @@ class JobWorkerStub:
             '/jobworker.v1.JobWorker/StreamOutput',
             jobworker.v1.jobworker_pb2.StreamOutputRequest,
             jobworker.v1.jobworker_pb2.StreamOutputResponse,
+        )
+        self.Purge = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/jobworker.v1.JobWorker/Purge',
+            jobworker.v1.jobworker_pb2.PurgeRequest,
+            jobworker.v1.jobworker_pb2.PurgeResponse,
         )

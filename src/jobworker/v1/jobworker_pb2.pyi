@@ -26,6 +26,12 @@ class StopType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_TYPE_UNSPECIFIED: _ClassVar[StopType]
     STOP_TYPE_TERM: _ClassVar[StopType]
     STOP_TYPE_KILL: _ClassVar[StopType]
+
+class PurgeReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PURGE_REASON_UNSPECIFIED: _ClassVar[PurgeReason]
+    PURGE_REASON_AGE: _ClassVar[PurgeReason]
+    PURGE_REASON_BUDGET: _ClassVar[PurgeReason]
 STATE_UNSPECIFIED: State
 STATE_UNKNOWN: State
 STATE_RUNNING: State
@@ -35,6 +41,9 @@ STATE_SIGNALED: State
 STOP_TYPE_UNSPECIFIED: StopType
 STOP_TYPE_TERM: StopType
 STOP_TYPE_KILL: StopType
+PURGE_REASON_UNSPECIFIED: PurgeReason
+PURGE_REASON_AGE: PurgeReason
+PURGE_REASON_BUDGET: PurgeReason
 
 class Command(_message.Message):
     __slots__ = ("name", "args", "env", "unset_env", "cwd")
@@ -218,3 +227,29 @@ class StreamOutputResponse(_message.Message):
     offset: int
     data: bytes
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PurgeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PurgedLog(_message.Message):
+    __slots__ = ("job_id", "path", "size_bytes", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    path: str
+    size_bytes: int
+    reason: PurgeReason
+    def __init__(self, job_id: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., reason: _Optional[_Union[PurgeReason, str]] = ...) -> None: ...
+
+class PurgeResponse(_message.Message):
+    __slots__ = ("removed", "freed_bytes", "forgotten")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    FREED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedCompositeFieldContainer[PurgedLog]
+    freed_bytes: int
+    forgotten: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[_Union[PurgedLog, _Mapping]]] = ..., freed_bytes: _Optional[int] = ..., forgotten: _Optional[_Iterable[str]] = ...) -> None: ...
