@@ -18,8 +18,9 @@ from typing import Any
 
 import _common as c
 
-# scale goes last: it deletes ~20,000 logs at its end, which slows file creation for a
-# while on ext4 without a journal (see _common.file_create_us).
+# scale and retention go last: scale deletes ~20,000 logs at its end and retention a
+# log for every job it starts, which slows file creation for a while on ext4 without a
+# journal (see _common.file_create_us).
 BENCHMARKS = [
     "capture",
     "long_line",
@@ -32,6 +33,7 @@ BENCHMARKS = [
     "service_stream",
     "service_start",
     "scale",
+    "retention",
 ]
 QUIET = 0.15  # cores
 

@@ -149,7 +149,7 @@ class LogStore:
         """Take over ``fd``, the log ``name`` that job ``job_id``'s child just created; on
         error it is closed and removed."""
         try:
-            identity = _identity(fd)
+            identity = _identity(fd)[0]
             if identity is None:  # (O_CREAT | O_EXCL made it: cannot happen)
                 raise OSError(errno.EINVAL, "the new log is not a regular file")
             # The child creates it O_WRONLY; appending is what shows a cut (see above).
@@ -165,19 +165,17 @@ class LogStore:
         """A new read-only descriptor on ``logfile``; ``LogUnavailable`` if the file under
         its name is gone or is not the one its job's child created."""
         with self._lock:
-            return self._open(logfile)
+            return self._open(logfile)[0]
 
     def size(self, logfile: LogFile) -> int | None:
         """The size of ``logfile`` on disk; None if it is gone or was replaced."""
         with self._lock:
             try:
-                fd = self._open(logfile)
+                fd, size = self._open(logfile)
             except (LogUnavailable, WorkerClosed):
                 return None
-        try:
-            return os.fstat(fd).st_size
-        finally:
-            os.close(fd)
+        os.close(fd)
+        return size
 
     def discard(self, logfile: LogFile) -> None:
         """Close ``logfile`` and remove it, if the file under its name is still the one
@@ -201,11 +199,10 @@ class LogStore:
     def _unlink(self, logfile: LogFile) -> int | None:
         with self._lock:
             try:
-                fd = self._open(logfile, removing=True)
+                fd, size = self._open(logfile, removing=True)
             except (LogUnavailable, WorkerClosed):
                 return None
             try:
-                size = os.fstat(fd).st_size
                 # (A file swapped in between the check and the unlink would need write
                 # access to the directory: the worker's own, or the owner's under /tmp's
                 # sticky bit.)
@@ -216,7 +213,8 @@ class LogStore:
                 os.close(fd)
         return size
 
-    def _open(self, logfile: LogFile, removing: bool = False) -> int:
+    def _open(self, logfile: LogFile, removing: bool = False) -> tuple[int, int]:
+        """A read-only descriptor on ``logfile`` and its size (under ``_lock``)."""
         if self.dir_fd < 0:
             raise WorkerClosed("the worker is closed")
         if logfile.removed is not None and not removing:
@@ -238,14 +236,14 @@ class LogStore:
                 raise logfile.unavailable("it was replaced") from None
             raise logfile.unavailable(e.strerror or str(e)) from None
         try:
-            found = _identity(fd)
+            found, size = _identity(fd)
         except BaseException:
             os.close(fd)
             raise
         if found is None or found != logfile.identity:
             os.close(fd)
             raise logfile.unavailable("it was replaced")
-        return fd
+        return fd, size
 
     def close(self) -> None:
         with self._lock:
@@ -254,17 +252,17 @@ class LogStore:
                 self.dir_fd = -1
 
 
-def _identity(fd: int) -> Identity | None:
-    """What tells the file open at ``fd`` from any other; None if it is not a regular
-    file."""
+def _identity(fd: int) -> tuple[Identity | None, int]:
+    """What tells the file open at ``fd`` from any other (None if it is not a regular
+    file), and its size."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        return None
+        return None, st.st_size
     try:
         generation = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETVERSION, bytes(_LONG)))[0]
     except OSError:
         generation = None  # (tmpfs: inode numbers there are not reused at once)
-    return st.st_dev, st.st_ino, generation
+    return (st.st_dev, st.st_ino, generation), st.st_size
 
 
 class LogFile:

@@ -310,8 +310,10 @@ class Purger:
         """What "now" is (``time.time``; ended times are ``time.time()`` too)."""
         self.disposal = disposal or RemoveLogs(store)
         """What becomes of a log that goes (an archive step would replace it)."""
-        self.cpu_seconds = 0.0
-        """CPU time spent purging so far: choosing (reactor) and removing (its thread)."""
+        self.cpu_choosing = 0.0
+        """CPU time spent so far choosing what goes (on the reactor thread)."""
+        self.cpu_removing = 0.0
+        """CPU time spent so far disposing of logs (on the purge's own thread)."""
         self._store = store
         self._table = table
         self._reactor = reactor
@@ -322,7 +324,7 @@ class Purger:
         self._records: collections.deque[tuple[float, Job]] = collections.deque()
         self._kicked = False
         self._timer: Timer | None = None
-        self._lock = threading.Lock()  # requests, cpu_seconds
+        self._lock = threading.Lock()  # requests, CPU times
         self._requests: set[Done] = set()
         self._closed = False
         self._disposer = _Disposer(self)
@@ -418,7 +420,8 @@ class Purger:
     def finish(self, purge: _Purge) -> None:
         """(Reactor or disposer thread.)"""
         with self._lock:
-            self.cpu_seconds += purge.cpu_choosing + purge.cpu_removing
+            self.cpu_choosing += purge.cpu_choosing
+            self.cpu_removing += purge.cpu_removing
             if purge.done is not None:
                 self._requests.discard(purge.done)
         if purge.removed or purge.forgotten or purge.left:
