@@ -154,3 +154,13 @@ def test_a_bad_retention_table_is_one_clear_error(tmp_path: Path, text: str, mes
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_the_readmes_retention_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [example] = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:] if "[retention]" in b]
+    path = tmp_path / "server.toml"
+    path.write_text(example)
+    assert load_config(path).retention == Retention(
+        max_age=7 * 86400, max_total=10 << 30, max_log_size=None, forget_after=86400
+    )

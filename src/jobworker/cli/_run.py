@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobworker import Command, JobInfo, JobworkerError, Limits
+from jobworker import Command, JobInfo, JobworkerError, Limits, Retention
 
 from ._connection import Connection
 from ._exitcodes import CliError, ExitCode, status_exit_code
@@ -193,7 +193,14 @@ def run_local(
     try:
         with _log_directory(log_dir) as logs:
             try:
-                worker = Worker(logs) if grace is None else Worker(logs, grace=grace)
+                # One job, its log a pass-through to stdout, kept (--log-dir) or removed
+                # with its directory: no cap, no purge.
+                keep = Retention.keep_all()
+                worker = (
+                    Worker(logs, retention=keep)
+                    if grace is None
+                    else Worker(logs, grace=grace, retention=keep)
+                )
             except OSError as e:
                 raise CliError(f"cannot use log directory {logs}: {e.strerror}") from e
             with worker:  # on the way out of here, it kills the job if still running
