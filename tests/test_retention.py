@@ -190,6 +190,21 @@ def test_over_budget_the_oldest_ended_logs_go_until_the_rest_fit(
             w.stream(job, owner)
 
 
+def test_over_budget_logs_go_in_batches_not_one_per_job(
+    make_worker: Callable[..., Worker], owner: uuid.UUID, log_dir: Path
+) -> None:
+    # A log a block; the budget holds ten.  Going over it brings the logs down to nine
+    # tenths of it (nine), so the next job fits without a purge of its own.
+    block = os.statvfs(log_dir).f_frsize
+    w = make_worker(retention=Retention(max_age=None, max_total=10 * block))
+    jobs = [run(w, owner, 100) for _ in range(11)]
+    w.purge()
+    assert [w.query(j, owner).log_path.exists() for j in jobs] == [False] * 2 + [True] * 9
+    jobs.append(run(w, owner, 100))
+    assert w.purge() == PurgeResult()
+    assert sum(w.query(j, owner).log_path.exists() for j in jobs) == 10
+
+
 def test_a_running_jobs_log_is_never_removed_even_alone_over_budget(
     make_worker: Callable[..., Worker], owner: uuid.UUID, tmp_path: Path
 ) -> None:

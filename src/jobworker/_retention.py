@@ -3,8 +3,9 @@
 The policies (``Retention``, one value, given to the ``Worker``):
 
 - age: the log of a job that ended more than ``max_age`` seconds ago is removed;
-- disk budget: while this worker's logs take more than ``max_total`` bytes, the logs of
-  ended jobs are removed, oldest first, until they fit;
+- disk budget: once this worker's logs take more than ``max_total`` bytes, the logs of
+  ended jobs are removed, oldest first, until the rest fit in nine tenths of it (so that
+  a worker at its budget purges a batch now and then, not a log for every job);
 - per-job cap: a log keeps the first ``max_log_size`` bytes of its job's output and
   counts the rest as lost (``LossCause.CAPPED``); the log store's writer enforces it;
 - job records: a job that ended more than ``forget_after`` seconds ago leaves the job
@@ -72,6 +73,8 @@ AUTO_SHARE = 10
 AUTO_MAX = 4 << 30
 # Entries a purge takes per reactor turn (each a few attribute updates).
 BATCH = 256
+# Over the budget, logs go until the rest fit in this share of it.
+LOW_WATER = 0.9
 
 Why = Literal["age", "budget"]
 _WHY_TEXT = {"age": "retention: its job ended too long ago", "budget": "retention: disk budget"}
@@ -110,9 +113,9 @@ class Retention:
     - ``max_age``: seconds after its job ended that a log is removed (default: a day).
     - ``max_total``: the disk budget, in bytes, of this worker's logs (each counted in
       whole blocks of its file system); past it, the logs of ended jobs go, oldest
-      first, until the rest fit.  ``"auto"`` (the default): a tenth of the file system
-      that holds the log directory, at most 4 GiB.  A running job's log is never
-      removed, even if it alone exceeds the budget.
+      first, until the rest fit in nine tenths of it.  ``"auto"`` (the default): a
+      tenth of the file system that holds the log directory, at most 4 GiB.  A running
+      job's log is never removed, even if it alone exceeds the budget.
     - ``max_log_size``: the most one log holds (default: 1 GiB).  A job that writes more
       runs on; its log keeps the *first* ``max_log_size`` bytes, and the rest is read
       and counted, not kept: ``JobInfo.log_loss`` says so (``LossCause.CAPPED``), and a
@@ -161,12 +164,18 @@ class Retention:
 
     def log_goes(self, ended_at: float, now: float, total: int, budget: int | None) -> Why | None:
         """Why the log of a job that ended at ``ended_at`` goes now, if it does: its
-        age, or the budget (``total``: what the logs take now)."""
+        age, or the budget (``total``: what the logs take now; ``budget``: what they
+        must come down to, ``low_water`` of the budget once over it)."""
         if self.max_age is not None and now - ended_at >= self.max_age:
             return "age"
         if budget is not None and total > budget:
             return "budget"
         return None
+
+    @staticmethod
+    def low_water(budget: int) -> int:
+        """What the logs are brought down to once over ``budget``."""
+        return int(budget * LOW_WATER)
 
     def record_goes(self, ended_at: float, now: float) -> bool:
         """Whether a job that ended at ``ended_at`` is forgotten now."""
@@ -230,8 +239,7 @@ class _Purge:
     freed: int = 0
     left: int = 0  # logs whose name now holds someone else's file: left alone
     sent: bool = False  # a batch went to the disposer
-    cpu_choosing: float = 0.0  # (the reactor thread's)
-    cpu_removing: float = 0.0  # (the disposer's)
+    over_budget: bool = False  # found over it: logs go down to the low water
 
 
 class _Disposer:
@@ -245,6 +253,7 @@ class _Disposer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last: threading.Thread | None = None
+        self.cpu = 0.0  # of the threads that ended
 
     def put(self, purge: _Purge, batch: list[tuple[LogFile, Why]], last: bool) -> None:
         purge.sent = True
@@ -257,13 +266,15 @@ class _Disposer:
                 self._thread.start()
 
     def _run(self) -> None:
+        # The thread does nothing else, so all its CPU time is the purge's.
         while True:
             with self._lock:
                 if not self._queue:
                     self._thread = None
+                    self.cpu += time.thread_time()
+                    self._purger.cpu_removing = self.cpu
                     return
                 purge, batch, last = self._queue.popleft()
-            t0 = time.thread_time()
             disposal = self._purger.disposal
             for logfile, why in batch:
                 try:
@@ -276,7 +287,7 @@ class _Disposer:
                 else:
                     purge.removed.append(PurgedLog(logfile.job_id, logfile.path, size, why))
                     purge.freed += size
-            purge.cpu_removing += time.thread_time() - t0
+            self._purger.cpu_removing = self.cpu + time.thread_time()
             if last:
                 self._purger.finish(purge)
 
@@ -313,18 +324,18 @@ class Purger:
         self.cpu_choosing = 0.0
         """CPU time spent so far choosing what goes (on the reactor thread)."""
         self.cpu_removing = 0.0
-        """CPU time spent so far disposing of logs (on the purge's own thread)."""
+        """CPU time spent so far by the purge's own thread (all of it: disposing of logs)."""
         self._store = store
         self._table = table
         self._reactor = reactor
         # Ended jobs, in the order they ended (so, oldest first): their logs, their records.
-        self._keep_logs = retention.max_age is not None or self.budget is not None
-        self._keep_records = retention.forget_after is not None
+        self._tracks_logs = retention.max_age is not None or self.budget is not None
+        self._tracks_records = retention.forget_after is not None
         self._logs: collections.deque[tuple[float, LogFile]] = collections.deque()
         self._records: collections.deque[tuple[float, Job]] = collections.deque()
         self._kicked = False
         self._timer: Timer | None = None
-        self._lock = threading.Lock()  # requests, CPU times
+        self._lock = threading.Lock()  # requests
         self._requests: set[Done] = set()
         self._closed = False
         self._disposer = _Disposer(self)
@@ -332,7 +343,7 @@ class Purger:
 
     def start(self) -> None:
         """Arm the timer (from any thread)."""
-        if self._keep_logs or self._keep_records:
+        if self._tracks_logs or self._tracks_records:
             self._reactor.call_soon(self._arm)
 
     def _arm(self) -> None:
@@ -347,9 +358,9 @@ class Purger:
     def ended(self, job: Job) -> None:
         """``job`` has ended: its log and its record may go from now on."""
         assert job.ended_at is not None
-        if self._keep_records:
+        if self._tracks_records:
             self._records.append((job.ended_at, job))
-        if self._keep_logs:
+        if self._tracks_logs:
             self._logs.append((job.ended_at, job.log))
             if self.budget is not None and self._store.total > self.budget:
                 self._over_budget()
@@ -370,8 +381,17 @@ class Purger:
 
     def _choose(self, purge: _Purge) -> None:
         t0 = time.thread_time()
+        try:
+            self._choose_some(purge)
+        finally:
+            self.cpu_choosing += time.thread_time() - t0
+
+    def _choose_some(self, purge: _Purge) -> None:
         now = self.clock()
         rules, store, budget = self.retention, self._store, self.budget
+        if budget is not None and (purge.over_budget or store.total > budget):
+            purge.over_budget = True
+            budget = rules.low_water(budget)
         taken = 0
         records, logs = self._records, self._logs
         while records and taken < BATCH and rules.record_goes(records[0][0], now):
@@ -390,7 +410,6 @@ class Purger:
             batch.append((logfile, why))
             taken += 1
         more = taken >= BATCH
-        purge.cpu_choosing += time.thread_time() - t0
         if more:
             if batch:
                 self._disposer.put(purge, batch, last=False)
@@ -420,8 +439,6 @@ class Purger:
     def finish(self, purge: _Purge) -> None:
         """(Reactor or disposer thread.)"""
         with self._lock:
-            self.cpu_choosing += purge.cpu_choosing
-            self.cpu_removing += purge.cpu_removing
             if purge.done is not None:
                 self._requests.discard(purge.done)
         if purge.removed or purge.forgotten or purge.left:
@@ -453,7 +470,9 @@ def _report(purge: _Purge) -> None:
         purge.freed,
         f": {', '.join(names)}" if names else "",
         len(purge.forgotten),
-        f"; left {purge.left} files that were not the logs jobworker created" if purge.left else "",
+        f"; left {purge.left} alone (the file under the name was not the log, or was gone)"
+        if purge.left
+        else "",
     )
     for p in purge.removed:
         log.debug("jobworker: purge: removed %s (%d bytes, %s)", p.path, p.size, p.reason)
