@@ -18,6 +18,10 @@ by a purge (its own thread), (2) by ``unlink`` calls run on the reactor thread (
 purge working there would do), (3) not at all; the line latencies (write to read) show
 what each costs the jobs' output.
 
+The floor of removing: in a directory where files are created and removed as under
+retention (a window of 1,000), the CPU time of a bare ``unlink`` per file, and of the
+log store's identity check (open, fstat, the inode's generation, close) plus ``unlink``.
+
 Unlinking a file on ext4 without a journal makes creating files slower for minutes after
 (see bench/README.md), and this benchmark removes a log for every job it starts: the
 start rate it reports is that of a worker under steady retention, and it runs last.
@@ -168,6 +172,48 @@ def stall(mode: str) -> dict[str, Any]:
 
 
 STALL_MODES = ("none", "purge", "reactor")
+FLOOR_FILES = 20_000
+FLOOR_WINDOW = 1000
+
+
+def floor() -> dict[str, Any]:
+    import fcntl
+    import struct
+
+    ioc = (2 << 30) | (struct.calcsize("l") << 16) | (ord("v") << 8) | 1
+    out: dict[str, Any] = {}
+    with c.temp_dir("retention-floor") as tmp:
+        dfd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for checked in (False, True):
+                names: list[str] = []
+                cpu = 0.0
+                for i in range(FLOOR_FILES):
+                    name = f"echo_{i}_{checked:d}.log"
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
+                    os.write(fd, LINE.encode() + b"\n")
+                    os.close(fd)
+                    names.append(name)
+                    if len(names) <= FLOOR_WINDOW:
+                        continue
+                    old = names.pop(0)
+                    t0 = time.thread_time()
+                    if checked:
+                        fd = os.open(old, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+                        os.fstat(fd)
+                        fcntl.ioctl(fd, ioc, bytes(struct.calcsize("l")))
+                        os.unlink(old, dir_fd=dfd)
+                        os.close(fd)
+                    else:
+                        os.unlink(old, dir_fd=dfd)
+                    cpu += time.thread_time() - t0
+                for name in names:
+                    os.unlink(name, dir_fd=dfd)
+                key = "checked_unlink_us" if checked else "unlink_us"
+                out[key] = cpu / (FLOOR_FILES - FLOOR_WINDOW) * 1e6
+        finally:
+            os.close(dfd)
+    return out
 
 
 def run_stall(mode: str) -> dict[str, Any]:
@@ -178,13 +224,20 @@ def run_stall(mode: str) -> dict[str, Any]:
         timeout=600,
     )
     data: dict[str, Any] = json.loads(res.stdout.decode().strip().splitlines()[-1])
-    print(
-        f"  removed by {mode:8}: {data['removal_s']:.3f} s; line latency p99"
-        f" {data['p99_us']:.0f} us, max {data['max_us']:.0f} us",
-        file=sys.stderr,
-        flush=True,
-    )
+    if mode in STALL_MODES:
+        print(
+            f"  removed by {mode:8}: {data['removal_s']:.3f} s; line latency p99"
+            f" {data['p99_us']:.0f} us, max {data['max_us']:.0f} us",
+            file=sys.stderr,
+            flush=True,
+        )
     return data
+
+
+def last_logs(results: dict[str, Any]) -> int:
+    """Logs still on disk at the end of the retention run (not removed)."""
+    samples = results["retention"]["samples"]
+    return int(samples[max(samples)]["logs_on_disk"])
 
 
 def run_child(n: int, mode: str) -> dict[str, Any]:
@@ -206,7 +259,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         mode = args.child[0]
-        result = stall(mode) if mode in STALL_MODES else child(int(args.child[1]), mode)
+        if mode == "floor":
+            result = floor()
+        elif mode in STALL_MODES:
+            result = stall(mode)
+        else:
+            result = child(int(args.child[1]), mode)
         result["left_children"] = c.child_pids()
         print(json.dumps(result))
         return
@@ -219,6 +277,7 @@ def main() -> None:
         "policy": repr(RETENTION),
     }
     results["stall"] = {m: run_stall(m) for m in STALL_MODES}
+    results["floor"] = run_stall("floor")
     results["other_cpu_cores"] = noise.foreign_cores()
     on, off = results["retention"]["samples"], results["keep_all"]["samples"]
     marks = sorted(on)
@@ -268,6 +327,14 @@ def main() -> None:
     print(
         f"a file creation: {r['file_create_us_before']:.0f} us before, "
         f"{r['file_create_us_after']:.0f} us after"
+    )
+    fl = results["floor"]
+    removed = max(1, n - last_logs(results))
+    per_log = on[marks[-1]]["purge_removing_s"] / removed * 1e6
+    print(
+        f"removing, per log: {per_log:.1f} us of CPU by the purge's thread; in a loop of"
+        f" creations and removals, {fl['unlink_us']:.1f} us a bare unlink,"
+        f" {fl['checked_unlink_us']:.1f} us with the identity check"
     )
     print(
         f"\nA job's line every 2 ms, followed, while {STALL_LOGS} logs of"
@@ -324,8 +391,10 @@ def main() -> None:
             None,
             "< 1%",
             share < TARGET_PURGE_SHARE,
-            note=f"choosing alone {choose_share:.2%}; removing (the unlinks) the rest;"
-            f" {n / last['wall_s']:.0f} jobs/s",
+            note=f"choosing alone {choose_share:.2%}; removing the rest:"
+            f" {per_log:.1f} us a log (a bare unlink {fl['unlink_us']:.1f} us, with the"
+            f" identity check {fl['checked_unlink_us']:.1f} us);"
+            f" worker {last['cpu_s'] / n * 1e6:.0f} us a job; {n / last['wall_s']:.0f} jobs/s",
         ),
     ]
     st = results["stall"]

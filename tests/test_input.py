@@ -159,7 +159,7 @@ def test_another_owners_job_and_a_forgotten_job_look_unknown(
     missing = uuid.uuid4()
     with pytest.raises(JobNotFound) as nobodys:
         worker.query(missing, owner)
-    worker.jobs.forget(job)
+    worker.jobs.forget([job])
     with pytest.raises(JobNotFound) as forgotten:
         worker.query(job, owner)
     assert str(forgotten.value) == str(nobodys.value).replace(str(missing), str(job))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ._errors import InvalidArgument, JobNotFound, WorkerClosed
 from ._job import Job
@@ -83,10 +83,11 @@ class JobTable:
             self._check_open()
             return [j for j in self._jobs.values() if j.owner_id == owner_id]
 
-    def forget(self, job_id: uuid.UUID) -> None:
-        """Drop a job (the caller forgets only jobs that have ended)."""
+    def forget(self, job_ids: Iterable[uuid.UUID]) -> None:
+        """Drop jobs (the caller forgets only jobs that have ended)."""
         with self._lock:
-            self._jobs.pop(job_id, None)
+            for job_id in job_ids:
+                self._jobs.pop(job_id, None)
 
     def check_open(self) -> None:
         """``WorkerClosed`` once ``close`` has begun."""

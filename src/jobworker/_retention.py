@@ -394,11 +394,13 @@ class Purger:
             budget = rules.low_water(budget)
         taken = 0
         records, logs = self._records, self._logs
+        forgotten: list[uuid.UUID] = []
         while records and taken < BATCH and rules.record_goes(records[0][0], now):
-            job = records.popleft()[1]
-            self._table.forget(job.id)
-            purge.forgotten.append(job.id)
+            forgotten.append(records.popleft()[1].id)
             taken += 1
+        if forgotten:
+            self._table.forget(forgotten)  # (one lock for all)
+            purge.forgotten += forgotten
         batch: list[tuple[LogFile, Why]] = []
         while logs and taken < BATCH:
             why = rules.log_goes(logs[0][0], now, store.total, budget)
