@@ -206,6 +206,8 @@ SERVER = {"jobworker.server._app", "jobworker.server._service", "jobworker.serve
         (["run", "--memory", "12Q", "--", "true"], HEAVY | WORKER),
         (["run", "--", "true"], HEAVY - {"ssl"}),  # asyncio (and its ssl) come with the worker
         (["list", "--help"], HEAVY | WORKER),
+        (["purge", "--help"], HEAVY | WORKER),
+        (["purge", "--server", "unix:/nonexistent"], HEAVY - CLIENT | WORKER - CLIENT | SERVER),
         (["status", "not-a-uuid"], HEAVY | WORKER),
         (["list", "--server", "unix:/nonexistent"], HEAVY - CLIENT | WORKER - CLIENT | SERVER),
         (["list"], HEAVY - CLIENT | WORKER - CLIENT | SERVER),  # the local socket

@@ -608,6 +608,66 @@ def test_serve_flags_override_its_config_file_and_sigterm_stops_every_job(
     assert {"rpc": "Start", "owner": lines[1]["owner"]}.items() <= lines[1].items()
 
 
+# -- purge -----------------------------------------------------------------------------------
+
+
+def test_purge_is_for_admins_and_forgets_what_the_flags_say(
+    tmp_path: Path, pki: Path, home: Path
+) -> None:
+    # The flags' retention (the file says: keep everything): logs and jobs of ended jobs
+    # go at the first purge; the timer would not come round during the test.
+    config = tmp_path / "server.toml"
+    config.write_text('[retention]\nmax_age = "none"\nforget_after = "none"\n')
+    args = serve_args(tmp_path, pki, "--config", str(config), "--retention-max-age", "0")
+    args += ["--retention-forget-after", "0", "--retention-interval", "3600"]
+    with serve_process(JOBWORKER, args, tmp_path / "serve.log") as server:
+        alice, admin = tls_env(server, pki, home, "alice"), local_env(server, home)
+        job = start(alice, "echo", "hi")
+        assert jw("wait", job, env=alice).returncode == 0
+        log = Path(record(alice, job)["log_path"])
+        refused = jw("purge", env=alice)
+        assert refused.returncode == ExitCode.REFUSED
+        assert error_line(refused) == "only admins may purge"
+        assert log.exists()
+        done = jw("purge", "--json", env=admin)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {
+            "removed": [{"job_id": job, "path": str(log), "size": 3, "reason": "age"}],
+            "freed_bytes": 3,
+            "forgotten": [job],
+        }
+        assert not log.exists()
+        gone = jw("status", job, env=alice)
+        assert gone.returncode == ExitCode.NOT_FOUND
+        assert error_line(gone) == f"no such job: {job}"
+        # For people: a line a log, then the sums.
+        again = start(admin, "echo", "hi")
+        assert jw("wait", again, env=admin).returncode == 0
+        path = record(admin, again)["log_path"]
+        text = jw("purge", env=admin)
+        assert text.stdout.decode().splitlines() == [
+            f"     3  age     {path}",
+            "removed 1 log (3 freed), forgot 1 job",
+        ]
+        assert jw("purge", env=admin).stdout == b"removed 0 logs (0 freed), forgot 0 jobs\n"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--retention-max-age", "-1", "not a number of seconds >= 0, nor none"),
+        ("--retention-max-total", "lots", "lots"),
+        ("--retention-interval", "none", "not a number of seconds"),
+    ],
+)
+def test_bad_retention_flags_are_usage_errors(
+    tmp_path: Path, flag: str, value: str, message: str
+) -> None:
+    result = jw("serve", "--state-dir", str(tmp_path / "state"), flag, value, env={})
+    assert result.returncode == ExitCode.USAGE
+    assert message in error_line(result)
+
+
 # -- errors: one line, a documented code, never a traceback ------------------------------------
 
 

@@ -24,6 +24,7 @@ from ._certs import certs
 from ._exitcodes import CliError, ExitCode, Interrupted, exit_code_for
 from ._list import list_jobs
 from ._logs import logs
+from ._purge import purge
 from ._run import run
 from ._serve import serve
 from ._start import start
@@ -34,7 +35,18 @@ from ._wait import wait
 __all__ = ["cli", "main"]
 
 # In the order --help lists them.
-COMMANDS: list[click.Command] = [run, start, logs, status, list_jobs, wait, stop, serve, certs]
+COMMANDS: list[click.Command] = [
+    run,
+    start,
+    logs,
+    status,
+    list_jobs,
+    wait,
+    stop,
+    purge,
+    serve,
+    certs,
+]
 
 EXAMPLES = """
 \b

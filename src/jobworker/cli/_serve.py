@@ -19,9 +19,16 @@ import click
 from jobworker import Limits
 
 from ._exitcodes import CliError, ExitCode
+from ._limits import parse_size
 from ._options import SECONDS, Parsed, limit_options
 
-__all__ = ["parse_owner", "parse_uid_range", "serve"]
+__all__ = [
+    "parse_owner",
+    "parse_retention_seconds",
+    "parse_retention_size",
+    "parse_uid_range",
+    "serve",
+]
 
 EXAMPLES = """
 \b
@@ -31,6 +38,7 @@ Examples:
       --tls-key certs/server.key --client-ca certs/ca.pem
   jobworker serve --config /etc/jobworker/server.toml --max-running-jobs 20
   jobworker serve --default-memory 1G --default-pids 200 --owner ci=2000:2000
+  jobworker serve --retention-max-age 604800 --retention-max-total 10G
 """
 
 _OWNER = re.compile(
@@ -57,7 +65,34 @@ def parse_uid_range(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+# A retention rule turned off, as the config file says it.
+OFF = "none"
+
+
+def parse_retention_seconds(text: str) -> float | str:
+    """Seconds >= 0, or ``none`` (the rule off)."""
+    if text.strip().lower() == OFF:
+        return OFF
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{text!r} is not a number of seconds >= 0, nor none")
+    return value
+
+
+def parse_retention_size(text: str) -> int | str:
+    """A size (``10G``), ``auto`` or ``none``."""
+    word = text.strip().lower()
+    if word in (OFF, "auto"):
+        return word
+    return parse_size(text)
+
+
 _PATH = click.Path(dir_okay=True, path_type=Path)
+_AGE = Parsed("seconds", parse_retention_seconds)
+_SIZE = Parsed("size", parse_retention_size)
 
 
 @click.command(
@@ -140,6 +175,39 @@ _PATH = click.Path(dir_okay=True, path_type=Path)
     help="Uids for owners without --owner, one each, kept for good (default 61184-65519).",
 )
 @click.option(
+    "--retention-max-age",
+    type=_AGE,
+    metavar="SECONDS",
+    help="Logs of jobs that ended longer ago are removed (default 86400; none: kept).",
+)
+@click.option(
+    "--retention-max-total",
+    type=_SIZE,
+    metavar="SIZE",
+    help="Disk budget of the logs: past it, the oldest of ended jobs go (10G; default"
+    " auto: a tenth of the disk, at most 4G; none: no budget).",
+)
+@click.option(
+    "--retention-max-log-size",
+    type=_SIZE,
+    metavar="SIZE",
+    help="A log keeps the first SIZE bytes of its job's output, and counts the rest as"
+    " lost (default 1G; none: no cap).",
+)
+@click.option(
+    "--retention-forget-after",
+    type=_AGE,
+    metavar="SECONDS",
+    help="Jobs that ended longer ago are forgotten: unknown from then on (default 86400;"
+    " none: never).",
+)
+@click.option(
+    "--retention-interval",
+    type=SECONDS,
+    metavar="SECONDS",
+    help="Time between two purges on the timer (default 60).",
+)
+@click.option(
     "--allow-shared-user/--no-allow-shared-user",
     default=None,
     help="A server that is not root: serve TCP owners although their jobs run as the"
@@ -161,7 +229,17 @@ def serve(
     from jobworker.server import OwnerConfig, load_config
 
     config = load_config(config_file)
+    retention = {
+        name.removeprefix("retention_"): flags.pop(name)
+        for name in list(flags)
+        if name.startswith("retention_")
+    }
     changes = {name: value for name, value in flags.items() if value is not None}
+    given_retention: dict[str, Any] = {
+        k: None if v == OFF else v for k, v in retention.items() if v is not None
+    }
+    if given_retention:
+        changes["retention"] = dataclasses.replace(config.retention, **given_retention)
     if admins:
         changes["admins"] = admins
     if owners:
