@@ -252,7 +252,9 @@ class _Disposer:
         )
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._last: threading.Thread | None = None
+        # Every thread started and perhaps not yet gone: one that found the queue empty
+        # may still be returning when the next one starts.
+        self._threads: list[threading.Thread] = []
         self.cpu = 0.0  # of the threads that ended
 
     def put(self, purge: _Purge, batch: list[tuple[LogFile, Why]], last: bool) -> None:
@@ -260,9 +262,11 @@ class _Disposer:
         with self._lock:
             self._queue.append((purge, batch, last))
             if self._thread is None:
-                self._thread = self._last = threading.Thread(
+                self._thread = threading.Thread(
                     target=self._run, name="jobworker-purge", daemon=True
                 )
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._threads.append(self._thread)
                 self._thread.start()
 
     def _run(self) -> None:
@@ -294,8 +298,8 @@ class _Disposer:
     def join(self) -> None:
         """Wait for every batch handed over so far (none may come meanwhile)."""
         with self._lock:
-            thread = self._last
-        if thread is not None:
+            threads, self._threads = self._threads, []
+        for thread in threads:
             thread.join()
 
 
