@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobworker import PurgeResult
-
 from ._connection import Connection
 from ._limits import format_size
 from ._options import connection_options, json_option
@@ -16,6 +14,7 @@ from ._output import print_json
 from ._remote import call
 
 if TYPE_CHECKING:
+    from jobworker import PurgeResult
     from jobworker.client import Client
 
 __all__ = ["purge"]

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobworker import Command, JobInfo, JobworkerError, Limits, Retention
+from jobworker import Command, JobInfo, JobworkerError, Limits
 
 from ._connection import Connection
 from ._exitcodes import CliError, ExitCode, status_exit_code
@@ -186,7 +186,7 @@ def run_local(
 
     The info is None when a signal came before the job could start (none was started).
     """
-    from jobworker import Worker
+    from jobworker import Retention, Worker
 
     owner = uuid.uuid4()
     interrupts = _Interrupts()
